@@ -1,0 +1,184 @@
+"""`acetune <command>`: a table from command names to stage modules.
+
+Each stage module defines an `Args` dataclass (fields declared with `arg(...)`, whose help text
+becomes `--help`) and `run(args)`. Flags are `--field_name` (the spelling the fork's users type),
+with `--field-name` and any listed aliases accepted too. Every command takes `--config FILE`
+(JSON or YAML with field names as keys); flags on the command line override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+
+from acetune.errors import AcetuneError, UsageError
+
+# name -> (module, one-line summary). Modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "build-dataset": ("acetune.stages.build_dataset", "scan an audio folder and its sidecars into a dataset"),
+    "selftest": ("acetune.stages.selftest", "check this implementation against golden reference vectors"),
+}
+
+
+def arg(default=dataclasses.MISSING, *, help: str, aliases: Sequence[str] = (), choices=None,
+        default_factory=dataclasses.MISSING, metavar: str | None = None):
+    """A dataclass field that is also a CLI flag. `help` is shown by `--help`."""
+    meta = {"help": help, "aliases": tuple(aliases), "choices": choices, "metavar": metavar}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _unwrap_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp) -> None:
+    meta = f.metadata
+    names = [f"--{f.name}"]
+    if "_" in f.name:
+        names.append(f"--{f.name.replace('_', '-')}")
+    names += [a for a in meta.get("aliases", ()) if a not in names]
+    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    default = None
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    help_text = meta.get("help", "")
+    if not required and default not in (None, "", [], ()):
+        help_text += f" (default: {default})"
+    kw = dict(dest=f.name, help=help_text, required=required)
+    tp = _unwrap_optional(tp)
+    if tp is bool:
+        parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=default, help=help_text, dest=f.name)
+        return
+    if typing.get_origin(tp) in (list, tuple):
+        inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
+        kw.update(nargs="+", type=_unwrap_optional(inner))
+    elif tp in (int, float, str):
+        kw["type"] = tp
+    elif tp is Path:
+        kw["type"] = Path
+    else:
+        kw["type"] = str
+    if meta.get("choices") is not None:
+        kw["choices"] = meta["choices"]
+    if meta.get("metavar"):
+        kw["metavar"] = meta["metavar"]
+    parser.add_argument(*names, default=default, **kw)
+
+
+def _load_config_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError("config file not found", path=p, fix="pass an existing .json or .yaml file to --config")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as e:  # any parse error is the user's file
+        raise UsageError(f"cannot parse config file ({e.__class__.__name__}: {e})", path=p,
+                         fix="fix the syntax or pass another file") from None
+    if not isinstance(data, dict):
+        raise UsageError("config file must hold a mapping of flag names to values", path=p)
+    return data
+
+
+def build_parser(args_cls, prog: str, description: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="JSON/YAML file of flag values (field names as keys); command-line flags override it")
+    hints = typing.get_type_hints(args_cls)
+    for f in dataclasses.fields(args_cls):
+        if f.init:
+            _add_field(parser, f, hints[f.name])
+    return parser
+
+
+def parse_args(args_cls, argv: Sequence[str], prog: str, description: str | None = None, epilog: str | None = None):
+    """Parse `argv` into an `args_cls` instance, applying `--config` first and flags over it."""
+    parser = build_parser(args_cls, prog, description, epilog)
+    config_path = None
+    for i, tok in enumerate(argv):
+        if tok == "--config" and i + 1 < len(argv):
+            config_path = argv[i + 1]
+        elif tok.startswith("--config="):
+            config_path = tok.split("=", 1)[1]
+    if config_path:
+        data = _load_config_file(config_path)
+        known = {f.name for f in dataclasses.fields(args_cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"unknown keys in config file: {', '.join(unknown)}", path=config_path,
+                             fix=f"run `{prog} --help` for the valid names")
+        parser.set_defaults(**data)
+        for action in parser._actions:  # a value from the file satisfies a required flag
+            if action.dest in data:
+                action.required = False
+    ns = vars(parser.parse_args(list(argv)))
+    ns.pop("config", None)
+    return args_cls(**ns)
+
+
+def run_command(name: str, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run one command with its flags; turn user errors into one line. Returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    module_name, summary = COMMANDS[name]
+    prog = prog or f"acetune {name}"
+    try:
+        module = importlib.import_module(module_name)
+        description = (module.__doc__ or summary).strip()
+        args = parse_args(module.Args, argv, prog, description, getattr(module, "EXAMPLES", None))
+        code = module.run(args)
+        return int(code or 0)
+    except AcetuneError as e:
+        if os.environ.get("ACETUNE_DEBUG"):
+            raise
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Interrupted: finished work was kept; rerun the same command to continue.", file=sys.stderr)
+        return 130
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: acetune <command> [flags]   (acetune <command> --help for its flags)", "", "commands:"]
+    lines += [f"  {n.ljust(width)}  {s}" for n, (_, s) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        sys.exit(0 if argv else 2)
+    if argv[0] in ("-V", "--version"):
+        from acetune import __version__
+
+        print(f"acetune {__version__}")
+        sys.exit(0)
+    name = argv[0].replace("_", "-")
+    if name not in COMMANDS:
+        print(f"Error: unknown command '{argv[0]}'. Commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run_command(name, argv[1:]))

@@ -1,0 +1,1 @@
+"""One module per stage: each has an `Args` dataclass and `run(args)`."""
