@@ -25,6 +25,7 @@ from acetune.errors import AcetuneError, UsageError
 COMMANDS: dict[str, tuple[str, str]] = {
     "build-dataset": ("acetune.stages.build_dataset", "scan an audio folder and its sidecars into a dataset"),
     "selftest": ("acetune.stages.selftest", "check this implementation against golden reference vectors"),
+    "export": ("acetune.stages.export", "bake alpha, convert to ComfyUI keys, SVD-resize or merge a LoRA"),
 }
 
 

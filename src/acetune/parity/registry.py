@@ -10,7 +10,14 @@ from pathlib import Path
 import torch
 
 # Modules that register cases; each issue adds its own.
-CASE_MODULES: list[str] = []
+CASE_MODULES: list[str] = [
+    "acetune.parity.flow",
+    "acetune.parity.transformer",
+    "acetune.parity.sampler",
+    "acetune.parity.audio",
+    "acetune.parity.codec",
+    "acetune.parity.lyrics",
+]
 
 
 @dataclass

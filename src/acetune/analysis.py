@@ -1,0 +1,214 @@
+"""Song metadata measured from the audio itself: tempo (BPM), key, integrated loudness.
+
+- `estimate_bpm(wav, sr)`: librosa's dynamic-programming beat tracker (Ellis 2007), then a
+  least-squares line through the beat times, so the tempo is not quantised to the tempogram's lag
+  grid (at a 32 ms hop that grid is ~10 BPM wide near 180 BPM).
+- `estimate_key(wav, sr)`: a constant-Q chromagram summed over the song, correlated with the 24
+  rotations of the Krumhansl-Kessler key profiles (Krumhansl 1990, "Cognitive Foundations of
+  Musical Pitch", table 2.1; the key-finding method of Krumhansl & Schmuckler). Written as
+  ACE-Step 1.5's `keyscale`, e.g. "C major", "F# minor", "Bb major".
+- `integrated_loudness(wav, sr)`: ITU-R BS.1770-4 integrated loudness in LUFS (pyloudnorm's K-weighting
+  and gating).
+- `normalize_loudness(wav, sr, target_lufs)`: one gain so the song measures `target_lufs`, capped so
+  no sample clips. `acetune preprocess --loudness_lufs -14` calls it before encoding.
+
+librosa is imported lazily (it is in the `caption` extra); pyloudnorm is a base dependency. Every
+function takes a (C, T) or (T,) float array or tensor at any rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+ANALYSIS_SAMPLE_RATE = 16000  # tempo and key need nothing above 8 kHz; also the captioner's rate
+HOP = 256  # 16 ms frames for onset strength and chroma
+PITCH_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")  # common spellings
+# Krumhansl-Kessler probe-tone ratings, tonic first (C major / C minor).
+KK_MAJOR = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
+KK_MINOR = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
+BPM_RANGE = (30.0, 300.0)  # what ACE-Step 1.5 accepts for `bpm`
+MIN_LOUDNESS_SECONDS = 0.4  # one BS.1770 gating block
+
+
+@dataclass
+class SongAnalysis:
+    """What `analyze` measured. `bpm`/`keyscale` are None when the song gives no usable signal."""
+
+    bpm: float | None
+    keyscale: str | None
+    key_confidence: float  # Pearson correlation of the chroma with the winning key profile
+    lufs: float  # integrated loudness; -inf for digital silence
+    duration: float  # seconds
+
+    def meta(self) -> dict:
+        """The fields written to the song's .json (ACE-Step 1.5 names), unknowns left out."""
+        out: dict = {}
+        if self.bpm is not None:
+            out["bpm"] = int(round(self.bpm))
+        if self.keyscale is not None:
+            out["keyscale"] = self.keyscale
+        return out
+
+
+def _mono_numpy(wav, sr: int, target_sr: int | None = ANALYSIS_SAMPLE_RATE) -> tuple[np.ndarray, int]:
+    """(C, T) or (T,) array/tensor -> (T,) float32 numpy, averaged over channels, resampled."""
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().to("cpu", torch.float32).numpy()
+    y = np.asarray(wav, dtype=np.float32)
+    if y.ndim == 2:
+        y = y.mean(axis=0)
+    if y.ndim != 1:
+        raise ValueError(f"expected (C, T) or (T,) audio, got shape {y.shape}")
+    if target_sr is not None and sr != target_sr:
+        import soxr
+
+        y = soxr.resample(y, sr, target_sr).astype(np.float32)
+        sr = target_sr
+    return y, sr
+
+
+def estimate_bpm(wav, sample_rate: int) -> float | None:
+    """Tempo in beats per minute, or None for audio without a steady beat (silence, < 4 beats).
+
+    Args:
+        wav: (C, T) or (T,) audio at `sample_rate`.
+    Returns:
+        BPM as a float in `BPM_RANGE`. Half/double-time ambiguity is resolved by librosa's tempo
+        prior (log-normal around 120 BPM), so a 60 BPM ballad may come out as 120.
+    """
+    import librosa
+
+    y, sr = _mono_numpy(wav, sample_rate)
+    if y.size < sr or not np.any(y):
+        return None
+    onset = librosa.onset.onset_strength(y=y, sr=sr, hop_length=HOP)
+    tempo, beats = librosa.beat.beat_track(onset_envelope=onset, sr=sr, hop_length=HOP, units="frames")
+    tempo = float(np.atleast_1d(tempo)[0])
+    if len(beats) < 4:
+        return tempo if BPM_RANGE[0] <= tempo <= BPM_RANGE[1] else None
+    # Refine: beat times against beat index, fitted on the steady middle (the tracker trims ends).
+    times = librosa.frames_to_time(beats, sr=sr, hop_length=HOP)
+    intervals = np.diff(times)
+    median = np.median(intervals)
+    keep = np.abs(intervals - median) < 0.25 * median  # drop skipped/extra beats
+    if keep.sum() >= 3:
+        idx = np.concatenate([[0], np.cumsum(np.round(intervals / median))]).astype(float)
+        slope = np.polyfit(idx, times, 1)[0]
+        if slope > 0:
+            refined = 60.0 / slope
+            # The fit can only move the tracker's estimate within its quantisation step.
+            if abs(refined - tempo) < 0.15 * tempo:
+                tempo = refined
+    return float(np.clip(tempo, *BPM_RANGE))
+
+
+def key_profiles() -> np.ndarray:
+    """(24, 12) z-scored key templates: rows 0-11 major on C..B, rows 12-23 minor on C..B."""
+    rows = []
+    for profile in (KK_MAJOR, KK_MINOR):
+        base = np.asarray(profile, dtype=np.float64)
+        for tonic in range(12):
+            rows.append(np.roll(base, tonic))
+    p = np.stack(rows)
+    return (p - p.mean(axis=1, keepdims=True)) / p.std(axis=1, keepdims=True)
+
+
+def key_name(index: int) -> str:
+    """Row of `key_profiles()` -> keyscale string ("C major" ... "B minor")."""
+    return f"{PITCH_NAMES[index % 12]} {'major' if index < 12 else 'minor'}"
+
+
+def estimate_key(wav, sample_rate: int) -> tuple[str | None, float]:
+    """Musical key as ACE-Step 1.5 writes it ("A minor") and the correlation that chose it.
+
+    Args:
+        wav: (C, T) or (T,) audio at `sample_rate`.
+    Returns:
+        (keyscale, confidence in [-1, 1]); (None, 0.0) for silence.
+    """
+    import librosa
+
+    y, sr = _mono_numpy(wav, sample_rate)
+    if y.size < sr // 2 or not np.any(y):
+        return None, 0.0
+    # Constant-Q chroma from C1 upwards (7 octaves); the per-frame max-normalisation is undone by
+    # weighting each frame with its energy so quiet intros and fades count less.
+    chroma = librosa.feature.chroma_cqt(y=y, sr=sr, hop_length=HOP * 2, n_octaves=7, norm=None)
+    profile = chroma.sum(axis=1).astype(np.float64)  # (12,)
+    if profile.std() == 0:
+        return None, 0.0
+    z = (profile - profile.mean()) / profile.std()
+    scores = key_profiles() @ z / 12.0  # Pearson correlation with each of the 24 keys
+    best = int(np.argmax(scores))
+    return key_name(best), float(scores[best])
+
+
+def integrated_loudness(wav, sample_rate: int) -> float:
+    """ITU-R BS.1770-4 integrated loudness in LUFS; -inf for silence or audio under 0.4 s.
+
+    Args:
+        wav: (C, T) or (T,) audio at `sample_rate` (the song's own rate: K-weighting needs the top
+            octave).
+    """
+    import pyloudnorm
+
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().to("cpu", torch.float64).numpy()
+    data = np.asarray(wav, dtype=np.float64)
+    data = data[None] if data.ndim == 1 else data
+    if data.shape[1] < MIN_LOUDNESS_SECONDS * sample_rate or not np.any(data):
+        return -math.inf
+    with np.errstate(divide="ignore"):  # fully gated (near-silent) audio gives log10(0)
+        lufs = pyloudnorm.Meter(sample_rate).integrated_loudness(data.T)  # pyloudnorm wants (T, C)
+    return float(lufs)
+
+
+def normalize_loudness(wav: torch.Tensor, sample_rate: int, target_lufs: float = -14.0,
+                       peak_limit: float = 1.0) -> torch.Tensor:
+    """Scale `wav` by one gain so its integrated loudness is `target_lufs`.
+
+    The gain is capped so the highest sample stays at or below `peak_limit` (a quiet, very dynamic
+    song may then stay under the target; a warning says by how much). Silence is returned as is.
+
+    Args:
+        wav: (C, T) float tensor at `sample_rate`.
+        target_lufs: e.g. -14.0 (streaming level; ACE-Step's own outputs sit around -16..-12).
+    Returns:
+        (C, T) tensor, same dtype and device.
+    """
+    lufs = integrated_loudness(wav, sample_rate)
+    if not math.isfinite(lufs):
+        return wav
+    gain_db = target_lufs - lufs
+    gain = 10.0 ** (gain_db / 20.0)
+    peak = float(wav.abs().max())
+    if peak * gain > peak_limit:
+        capped = peak_limit / peak
+        logger.warning("loudness: %.1f LUFS -> %.1f LUFS would clip; gain capped at %+.1f dB (%.1f LUFS)",
+                       lufs, target_lufs, 20 * math.log10(capped), lufs + 20 * math.log10(capped))
+        gain = capped
+    return wav * gain
+
+
+def analyze(wav, sample_rate: int, *, loudness_wav=None, loudness_rate: int | None = None) -> SongAnalysis:
+    """Tempo, key and loudness of one song.
+
+    Args:
+        wav: (C, T) or (T,) audio at `sample_rate` (16 kHz is enough for tempo and key).
+        loudness_wav, loudness_rate: the same song at its full rate for the loudness measurement
+            (defaults to `wav`).
+    """
+    y, sr = _mono_numpy(wav, sample_rate)
+    bpm = estimate_bpm(y, sr)
+    keyscale, conf = estimate_key(y, sr)
+    if loudness_wav is None:
+        loudness_wav, loudness_rate = wav, sample_rate
+    lufs = integrated_loudness(loudness_wav, loudness_rate)
+    return SongAnalysis(bpm=bpm, keyscale=keyscale, key_confidence=conf, lufs=lufs, duration=y.size / sr)

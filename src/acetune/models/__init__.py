@@ -1,0 +1,1 @@
+"""Model families acetune can train (see `acetune.models.family`)."""

@@ -1,0 +1,72 @@
+"""The model-family interface: what preprocess, train and generate need from a model family.
+
+A family (ACE-Step v1 now, ACE-Step 1.5 later) is one object implementing `ModelFamily`, found
+by name with `get_family(name)` or from a checkpoint folder with `detect_family(dir)`. Stages talk
+to the family, never to `models/v1/...` directly, so a second family is one new module plus one
+line in `_FAMILY_MODULES`. Later issues add the preprocess/train/generate hooks here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from acetune.errors import CheckpointError
+
+# name -> module defining `FAMILY` (imported lazily: a family may pull in heavy dependencies)
+_FAMILY_MODULES: dict[str, str] = {
+    "ace-step-v1": "acetune.models.v1.family",
+}
+
+
+@runtime_checkable
+class ModelFamily(Protocol):
+    """What the pipeline needs from one model family."""
+
+    name: str
+    """Registry name, e.g. "ace-step-v1"; written into datasets and LoRA metadata."""
+
+    default_lora_targets: tuple[str, ...]
+    """Module-name suffixes a LoRA adapts by default (peft `target_modules`)."""
+
+    def detect(self, checkpoint_dir: Path) -> bool:
+        """True if `checkpoint_dir` looks like a checkpoint of this family (cheap: file names, config keys)."""
+
+    def check_checkpoint(self, checkpoint_dir: Path) -> None:
+        """Raise `CheckpointError` naming the first missing or malformed file; read no weights."""
+
+    def load_transformer(self, checkpoint_dir: Path, dtype: torch.dtype = torch.float32,
+                         device: str | torch.device = "cpu", drop_unused: bool = False) -> torch.nn.Module:
+        """The denoiser, in eval mode. `drop_unused` frees weights the forward never reads (training)."""
+
+    def config_hash(self, checkpoint_dir: Path) -> str:
+        """Stable hash of the transformer config; cached features record it to detect a model change."""
+
+
+def family_names() -> list[str]:
+    return sorted(_FAMILY_MODULES)
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family registered as `name`; `CheckpointError` listing the known names otherwise."""
+    if name not in _FAMILY_MODULES:
+        raise CheckpointError(f"unknown model family {name!r}", fix=f"choose one of: {', '.join(family_names())}")
+    return importlib.import_module(_FAMILY_MODULES[name]).FAMILY
+
+
+def detect_family(checkpoint_dir: str | Path) -> ModelFamily:
+    """The family whose `detect` accepts `checkpoint_dir`, or a `CheckpointError` saying none does."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        raise CheckpointError("checkpoint folder not found", path=checkpoint_dir,
+                              fix="pass the folder holding the model's component folders")
+    for name in family_names():
+        family = get_family(name)
+        if family.detect(checkpoint_dir):
+            return family
+    raise CheckpointError("not a checkpoint of any supported model family", path=checkpoint_dir,
+                          fix=f"supported: {', '.join(family_names())}; pass the folder that holds "
+                              "ace_step_transformer/, music_dcae_f8c8/, music_vocoder/ and umt5-base/")

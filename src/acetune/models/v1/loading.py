@@ -1,0 +1,195 @@
+"""Load the ACE-Step v1 transformer from an official `ace_step_transformer/` folder.
+
+The folder holds `config.json` (the reference's keys, `_class_name: Transformer2DModel`, an
+ignored `inner_dim`) and `diffusion_pytorch_model.safetensors`, or shards listed in
+`diffusion_pytorch_model.safetensors.index.json`. The model is built on the meta device and each
+tensor is materialised once, in the requested dtype, so peak memory is about the model's size.
+
+Anything that does not match raises a one-line `CheckpointError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from acetune.errors import CheckpointError
+from acetune.layout import CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
+from acetune.models.v1.attention import CrossAttention
+from acetune.models.v1.transformer import ACEStepTransformer2DModel
+
+logger = logging.getLogger(__name__)
+
+CLASS_NAMES = ("Transformer2DModel", "ACEStepTransformer2DModel")  # official file / our save_pretrained
+_INT_KEYS = ("in_channels", "num_layers", "attention_head_dim", "num_attention_heads", "out_channels",
+             "max_position", "speaker_embedding_dim", "text_embedding_dim", "lyric_encoder_vocab_size",
+             "lyric_hidden_size", "max_height", "max_width", "lyric_encoder_output_size",
+             "lyric_encoder_attention_heads", "lyric_encoder_linear_units", "lyric_encoder_num_blocks")
+_FIX = "point at the ace_step_transformer folder of the official ACE-Step-v1-3.5B checkpoint"
+
+
+def _init_keys() -> set[str]:
+    return set(inspect.signature(ACEStepTransformer2DModel.__init__).parameters) - {"self"}
+
+
+def config_kwargs(config: dict, path: Path | str = CONFIG_FILE) -> dict:
+    """Validate an official (or our own) transformer config dict; return the constructor kwargs."""
+    name = config.get("_class_name")
+    if name not in CLASS_NAMES:
+        raise CheckpointError(f"_class_name is {name!r}, expected 'Transformer2DModel' (not an ACE-Step v1 "
+                              "transformer config)", path=path, fix=_FIX)
+    known = _init_keys()
+    kwargs = {}
+    for key, value in config.items():
+        if key.startswith("_"):
+            continue
+        if key not in known:
+            raise CheckpointError(f"unknown config key {key!r}", path=path, fix=_FIX)
+        kwargs[key] = value
+    for key in _INT_KEYS:
+        if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool) or kwargs[key] <= 0):
+            raise CheckpointError(f"config key {key!r} must be a positive integer, got {kwargs[key]!r}", path=path)
+    cfg = {**default_config(), **kwargs}
+    ssl = [cfg["ssl_encoder_depths"], cfg["ssl_names"], cfg["ssl_latent_dims"]]
+    if not all(isinstance(v, list | tuple) for v in ssl) or len({len(v) for v in ssl}) != 1:
+        raise CheckpointError("config keys 'ssl_encoder_depths', 'ssl_names', 'ssl_latent_dims' must be lists "
+                              "of the same length", path=path)
+    if cfg["lyric_encoder_output_size"] != cfg["lyric_hidden_size"]:
+        raise CheckpointError(f"config key 'lyric_encoder_output_size' ({cfg['lyric_encoder_output_size']}) must "
+                              f"equal 'lyric_hidden_size' ({cfg['lyric_hidden_size']})", path=path)
+    if cfg["lyric_encoder_output_size"] % cfg["lyric_encoder_attention_heads"]:
+        raise CheckpointError("config key 'lyric_encoder_attention_heads' must divide 'lyric_encoder_output_size'",
+                              path=path)
+    if not (isinstance(cfg["patch_size"], list | tuple) and len(cfg["patch_size"]) == 2):
+        raise CheckpointError("config key 'patch_size' must be a list of two integers", path=path)
+    width = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    if kwargs.get("inner_dim") not in (None, width):
+        logger.warning("%s: inner_dim %s ignored; the width is num_attention_heads × attention_head_dim = %d",
+                       path, kwargs["inner_dim"], width)
+    return kwargs
+
+
+def default_config() -> dict:
+    """The constructor defaults (the released 3.5B config plus the official lyric-encoder sizes)."""
+    params = inspect.signature(ACEStepTransformer2DModel.__init__).parameters
+    return {k: p.default for k, p in params.items() if k != "self"}
+
+
+def read_config(folder: Path | str) -> dict:
+    """Constructor kwargs from `folder/config.json` (validated)."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"missing {CONFIG_FILE}", path=path, fix=_FIX)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read JSON ({exc})", path=path, fix=_FIX) from None
+    if not isinstance(config, dict):
+        raise CheckpointError("not a JSON object", path=path, fix=_FIX)
+    return config_kwargs(config, path)
+
+
+def weight_files(folder: Path | str) -> list[Path]:
+    """The safetensors files of a folder: the single file, or every shard the index lists."""
+    folder = Path(folder)
+    single, index = folder / WEIGHTS_FILE, folder / WEIGHTS_INDEX_FILE
+    if single.is_file():
+        return [single]
+    if not index.is_file():
+        raise CheckpointError(f"missing {WEIGHTS_FILE} (or {WEIGHTS_INDEX_FILE} with its shards)", path=folder,
+                              fix=_FIX)
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"cannot read the shard index ({exc!r})", path=index, fix=_FIX) from None
+    for shard in shards:
+        if not (folder / shard).is_file():
+            raise CheckpointError(f"missing shard {shard} (listed in {WEIGHTS_INDEX_FILE})", path=folder / shard,
+                                  fix="download the complete ace_step_transformer folder again")
+    return [folder / s for s in shards]
+
+
+def build_transformer(kwargs: dict, device: str | torch.device = "meta") -> ACEStepTransformer2DModel:
+    """Construct the model (on the meta device by default: no memory, no init cost)."""
+    with torch.device(device):
+        return ACEStepTransformer2DModel(**kwargs)
+
+
+def _assign(model: torch.nn.Module, key: str, value: torch.Tensor) -> None:
+    owner_name, _, leaf = key.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    owner._parameters[leaf] = torch.nn.Parameter(value, requires_grad=owner._parameters[leaf].requires_grad)
+
+
+def load_weights(model: ACEStepTransformer2DModel, files: list[Path], dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu") -> None:
+    """Fill `model` (built on meta) from safetensors `files`; every key must match exactly.
+
+    Keys the model does not hold because `drop_unused_projections()` removed them are checked for
+    shape against the official layout and skipped.
+    """
+    expected = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    dropped = _dropped_shapes(model)
+    seen: set[str] = set()
+    for file in files:
+        try:
+            handle = safe_open(str(file), framework="pt", device=str(device))
+        except Exception as exc:  # safetensors raises its own error types for a corrupt header
+            raise CheckpointError(f"cannot open safetensors file ({exc})", path=file, fix=_FIX) from None
+        with handle:
+            for key in handle.keys():
+                shape = tuple(handle.get_slice(key).get_shape())
+                want = expected.get(key, dropped.get(key))
+                if want is None:
+                    raise CheckpointError(f"unexpected key {key!r}", path=file, fix=_FIX)
+                if shape != want:
+                    raise CheckpointError(f"key {key!r} has shape {list(shape)}, the config needs {list(want)}",
+                                          path=file, fix="the config.json does not belong to these weights")
+                seen.add(key)
+                if key in expected:
+                    _assign(model, key, handle.get_tensor(key).to(dtype))
+    missing = [k for k in expected if k not in seen]
+    if missing:
+        where = files[0] if len(files) == 1 else files[0].parent
+        raise CheckpointError(f"missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
+                                                               else ""), path=where, fix=_FIX)
+
+
+def _dropped_shapes(model: ACEStepTransformer2DModel) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of the unused cross-attention projections a model has deleted."""
+    width = model.inner_dim
+    out = {}
+    for i, block in enumerate(model.transformer_blocks):
+        for name in CrossAttention.UNUSED:
+            if not hasattr(block.cross_attn, name):
+                out[f"transformer_blocks.{i}.cross_attn.{name}.weight"] = (width, width)
+                out[f"transformer_blocks.{i}.cross_attn.{name}.bias"] = (width,)
+    return out
+
+
+def load_transformer(folder: Path | str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                     drop_unused: bool = False) -> ACEStepTransformer2DModel:
+    """Load an official `ace_step_transformer/` folder into `ACEStepTransformer2DModel` (eval mode).
+
+    Args:
+        folder: the folder with config.json and the safetensors file(s).
+        dtype: parameter dtype (float32, bfloat16, float16).
+        device: where the parameters are created.
+        drop_unused: skip the never-used `cross_attn.add_*` / `to_add_out` projections (training).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError("transformer folder not found", path=folder, fix=_FIX)
+    kwargs = read_config(folder)
+    files = weight_files(folder)
+    model = build_transformer(kwargs)
+    if drop_unused:
+        model.drop_unused_projections()
+    load_weights(model, files, dtype=dtype, device=device)
+    return model.eval()

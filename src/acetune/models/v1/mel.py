@@ -1,0 +1,123 @@
+"""Log-mel spectrogram of the ACE-Step v1 vocoder, in plain torch (no torchaudio).
+
+Mirrors the reference `acestep/music_dcae/music_log_mel.py` (`LinearSpectrogram` +
+torchaudio `MelScale` + `LogMelSpectrogram.compress`) with the vocoder's parameters:
+
+    reflect-pad (win − hop)/2 = 768 samples each side → STFT (n_fft 2048, hop 512, periodic Hann,
+    center False, onesided) → |X| = sqrt(re² + im² + 1e-6) → slaney mel filterbank
+    (128 mels, 40–16000 Hz at 44.1 kHz, slaney area norm) → log(clamp(·, 1e-5)).
+
+A clip of T samples gives T // 512 frames when T is a multiple of 512 (the DCAE pads to 4096).
+The buffers carry the reference's state-dict names (`spectrogram.window`, `mel_scale.fb`), so
+inside the vocoder they load as `mel_transform.spectrogram.window` / `mel_transform.mel_scale.fb`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ---- slaney mel scale (Slaney's Auditory Toolbox; the "slaney" option of librosa/torchaudio) ----
+# Linear below 1 kHz (200/3 Hz per mel), logarithmic above (27 mels per factor 6.4).
+_F_SP = 200.0 / 3.0
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP  # 15.0
+_LOGSTEP = math.log(6.4) / 27.0
+
+
+def hz_to_mel_slaney(freq: float) -> float:
+    """Hz -> slaney mel for one frequency (python float, as torchaudio `_hz_to_mel` does)."""
+    if freq >= _MIN_LOG_HZ:
+        return _MIN_LOG_MEL + math.log(freq / _MIN_LOG_HZ) / _LOGSTEP
+    return freq / _F_SP
+
+
+def mel_to_hz_slaney(mels: torch.Tensor) -> torch.Tensor:
+    """Slaney mel -> Hz, elementwise (no data-dependent indexing, so it runs on the meta device)."""
+    linear = _F_SP * mels
+    log = _MIN_LOG_HZ * torch.exp(_LOGSTEP * (mels - _MIN_LOG_MEL))
+    return torch.where(mels >= _MIN_LOG_MEL, log, linear)
+
+
+def slaney_mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int,
+                          device: torch.device | str | None = None) -> torch.Tensor:
+    """Triangular mel filters with slaney area normalisation, in float32.
+
+    Same construction as torchaudio `melscale_fbanks(..., norm="slaney", mel_scale="slaney")`:
+    `n_mels + 2` points evenly spaced in mel between f_min and f_max, a triangle from point m to
+    m + 2 peaking at m + 1 (evaluated at the `n_freqs` STFT bin centres 0..sr/2), each scaled by
+    2 / (f[m+2] − f[m]) so every filter has unit area.
+
+    Returns:
+        (n_freqs, n_mels) tensor; spectrogram (..., n_freqs, F) maps to mel by `fb.T @ spec`.
+    """
+    bins = torch.linspace(0, sample_rate // 2, n_freqs, device=device)  # (n_freqs,) Hz
+    m_pts = torch.linspace(hz_to_mel_slaney(f_min), hz_to_mel_slaney(f_max), n_mels + 2, device=device)
+    f_pts = mel_to_hz_slaney(m_pts)  # (n_mels + 2,) Hz
+    f_diff = f_pts[1:] - f_pts[:-1]  # (n_mels + 1,)
+    slopes = f_pts[None, :] - bins[:, None]  # (n_freqs, n_mels + 2)
+    rising = -slopes[:, :-2] / f_diff[:-1]  # left edge of each triangle
+    falling = slopes[:, 2:] / f_diff[1:]  # right edge
+    fb = torch.clamp(torch.minimum(rising, falling), min=0.0)  # (n_freqs, n_mels)
+    area = 2.0 / (f_pts[2:n_mels + 2] - f_pts[:n_mels])
+    return fb * area[None, :]
+
+
+# ---- modules (named like the reference so state-dict keys match) ----
+
+class LinearSpectrogram(nn.Module):
+    """Magnitude STFT, mirrors reference `LinearSpectrogram` (mode "pow2_sqrt", center False)."""
+
+    def __init__(self, n_fft: int = 2048, win_length: int = 2048, hop_length: int = 512):
+        super().__init__()
+        self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
+        self.register_buffer("window", torch.hann_window(win_length))  # periodic Hann
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """(..., T) waveform -> (..., n_fft // 2 + 1, frames) magnitude in `y`'s dtype."""
+        lead = y.shape[:-1]
+        y = y.reshape(-1, 1, y.shape[-1])  # (B, 1, T): reflect padding wants a channel axis
+        pad = self.win_length - self.hop_length
+        y = F.pad(y, (pad // 2, (pad + 1) // 2), mode="reflect").squeeze(1)  # (B, T + 1536)
+        # The reference runs the STFT in float32 whatever the model dtype, then casts back.
+        spec = torch.stft(y.float(), self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+                          window=self.window.float(), center=False, normalized=False, onesided=True,
+                          return_complex=True)  # (B, n_fft // 2 + 1, frames)
+        mag = torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-6)  # 1e-6 keeps sqrt' finite at 0
+        return mag.to(y.dtype).reshape(*lead, *mag.shape[1:])
+
+
+class MelScale(nn.Module):
+    """Linear-frequency magnitude -> mel (torchaudio `MelScale` semantics, buffer `fb`)."""
+
+    def __init__(self, n_mels: int = 128, sample_rate: int = 44100, f_min: float = 40.0,
+                 f_max: float = 16000.0, n_stft: int = 1025):
+        super().__init__()
+        self.register_buffer("fb", slaney_mel_filterbank(n_stft, f_min, f_max, n_mels, sample_rate))
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        """(..., n_stft, F) -> (..., n_mels, F)."""
+        return torch.matmul(spec.transpose(-1, -2), self.fb.to(spec.dtype)).transpose(-1, -2)
+
+
+class LogMelSpectrogram(nn.Module):
+    """Waveform -> log-mel, as the reference vocoder's `mel_transform`.
+
+    Args:
+        sample_rate, n_fft, win_length, hop_length, n_mels, f_min, f_max: the vocoder config
+            (defaults are the released ones: 44100, 2048, 2048, 512, 128, 40, 16000).
+    """
+
+    def __init__(self, sample_rate: int = 44100, n_fft: int = 2048, win_length: int = 2048,
+                 hop_length: int = 512, n_mels: int = 128, f_min: float = 40.0, f_max: float | None = 16000.0):
+        super().__init__()
+        self.hop_length = hop_length
+        self.spectrogram = LinearSpectrogram(n_fft, win_length, hop_length)
+        self.mel_scale = MelScale(n_mels, sample_rate, f_min, f_max or sample_rate // 2, n_fft // 2 + 1)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """(..., T) waveform at `sample_rate` -> (..., n_mels, T // hop) log-mel (natural log)."""
+        return torch.log(torch.clamp(self.mel_scale(self.spectrogram(wav)), min=1e-5))

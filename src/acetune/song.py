@@ -1,0 +1,136 @@
+"""One row of the filename-only dataset (what `build-dataset` writes and `preprocess` reads).
+
+The columns are the upstream ACE-Step / woct0rdho fork columns, so the fork's own
+`preprocess_dataset_new.py` can read our output too, plus `duration` and optional metadata:
+
+| column           | type              | meaning                                                       |
+|------------------|-------------------|---------------------------------------------------------------|
+| keys             | string            | sample id: the audio file's stem (relative path if not unique) |
+| filename         | string            | audio file path                                               |
+| tags             | list[string]      | caption tags ("rock, female vocals" -> ["rock", "female vocals"]) |
+| norm_lyrics      | string            | lyrics, LRC timestamps removed; "[instrumental]" if none       |
+| speaker_emb_path | string            | path to a speaker embedding ("" = none, zeros are used)        |
+| recaption        | struct of strings | alternative captions by name (keys = union over rows)          |
+| duration         | float32           | seconds, from the audio header                                |
+| bpm              | float32 or null   | tempo                                                         |
+| keyscale         | string or null    | e.g. "C major"                                                |
+| timesignature    | string or null    | e.g. "4"                                                      |
+| language         | string or null    | lyrics language code                                          |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+UPSTREAM_COLUMNS = ("keys", "filename", "tags", "norm_lyrics", "speaker_emb_path", "recaption")
+METADATA_COLUMNS = ("bpm", "keyscale", "timesignature", "language")
+
+
+def features(recaption_keys: Iterable[str] = ()):
+    """The `datasets.Features` of the filename-only dataset (recaption struct has these keys)."""
+    from datasets import Features, Sequence, Value
+
+    return Features({
+        "keys": Value("string"),
+        "filename": Value("string"),
+        "tags": Sequence(Value("string")),
+        "norm_lyrics": Value("string"),
+        "speaker_emb_path": Value("string"),
+        "recaption": {k: Value("string") for k in sorted(set(recaption_keys))},
+        "duration": Value("float32"),
+        "bpm": Value("float32"),
+        "keyscale": Value("string"),
+        "timesignature": Value("string"),
+        "language": Value("string"),
+    })
+
+
+def split_tags(text: str) -> list[str]:
+    """"rock, female vocals,," -> ["rock", "female vocals"] (empty entries dropped)."""
+    return [t.strip() for t in text.replace("\n", ",").split(",") if t.strip()]
+
+
+def normalize_bpm(value) -> float | None:
+    """A tempo as float, or None for missing / unparsable / non-positive values ("120 bpm" ok)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        value = value.strip().lower().removesuffix("bpm").strip()
+        if not value:
+            return None
+    try:
+        bpm = float(value)
+    except (TypeError, ValueError):
+        return None
+    return bpm if math.isfinite(bpm) and bpm > 0 else None
+
+
+def normalize_text(value) -> str | None:
+    """Strip a metadata string; None for missing or empty (numbers become strings: 4 -> "4")."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+@dataclass
+class SongRecord:
+    """One song: audio path, caption tags, lyrics, duration and optional metadata."""
+
+    keys: str
+    filename: str
+    tags: list[str] = field(default_factory=list)
+    norm_lyrics: str = ""
+    speaker_emb_path: str = ""
+    recaption: dict[str, str] = field(default_factory=dict)
+    duration: float = 0.0
+    bpm: float | None = None
+    keyscale: str | None = None
+    timesignature: str | None = None
+    language: str | None = None
+
+    @property
+    def has_caption(self) -> bool:
+        return bool(self.tags) or any(v for v in self.recaption.values())
+
+    @classmethod
+    def from_dict(cls, row: dict) -> SongRecord:
+        """From a dataset row or JSON object (upstream rows lack the metadata columns)."""
+        tags = row.get("tags") or []
+        if isinstance(tags, str):
+            tags = split_tags(tags)
+        recaption = {k: v for k, v in (row.get("recaption") or {}).items() if isinstance(v, str) and v}
+        return cls(
+            keys=str(row.get("keys") or ""),
+            filename=str(row.get("filename") or ""),
+            tags=[str(t).strip() for t in tags if str(t).strip()],
+            norm_lyrics=str(row.get("norm_lyrics") or ""),
+            speaker_emb_path=str(row.get("speaker_emb_path") or ""),
+            recaption=recaption,
+            duration=float(row.get("duration") or 0.0),
+            bpm=normalize_bpm(row.get("bpm")),
+            keyscale=normalize_text(row.get("keyscale")),
+            timesignature=normalize_text(row.get("timesignature")),
+            language=normalize_text(row.get("language")),
+        )
+
+    def to_dict(self, recaption_keys: Iterable[str] | None = None) -> dict:
+        """A row for `features(recaption_keys)`: missing recaption keys become None."""
+        d = dataclasses.asdict(self)
+        if recaption_keys is not None:
+            d["recaption"] = {k: self.recaption.get(k) for k in sorted(set(recaption_keys))}
+        return d
+
+
+def to_dataset(records: list[SongRecord]):
+    """A `datasets.Dataset` of the records with the schema above."""
+    from datasets import Dataset
+
+    keys = sorted({k for r in records for k in r.recaption})
+    feats = features(keys)
+    return Dataset.from_list([r.to_dict(keys) for r in records], features=feats)

@@ -1,0 +1,417 @@
+"""Export a trained LoRA: bake alpha, write ComfyUI keys or .alpha tensors, SVD-resize, or merge.
+
+A LoRA's delta on module W is `scale * B @ A` (peft: scale = lora_alpha / r, or lora_alpha / sqrt(r)
+with rsLoRA). ComfyUI ignores adapter_config.json and rsLoRA: it applies `B @ A` (times alpha / r when
+a `.alpha` tensor exists). So for ComfyUI at strength 1.0 either bake the scale into A and B (the
+woct0rdho fork's `bake_alpha_in_lora.py`: both times sqrt(scale)) or write `.alpha = scale * r`.
+The scale is read from, in order: `.alpha` tensors in the file, `--lora_config_path`, the config
+diffusers embeds in the file's metadata, `adapter_config.json` next to the file, `--assume_baked`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from acetune import lora_keys as lk
+from acetune.cli import arg
+from acetune.errors import CheckpointError, InputError, UsageError
+from acetune.layout import CONFIG_FILE, V1_TRANSFORMER_DIR, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
+from acetune.progress import progress
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES = """examples:
+  # ComfyUI, strength 1.0 reproduces training (alpha baked into A and B):
+  acetune export --input_name ckpt/epoch=3-step=400_lora --format comfyui
+  # the fork's script, same flags:
+  python add_alpha_in_lora.py --input_name in.safetensors --output_name out.safetensors
+  # keep the factors, write per-module .alpha tensors instead:
+  acetune export --input_name ckpt/epoch=3-step=400_lora --format comfyui --write_alpha
+  # shrink to the rank that keeps 99% of each layer's energy:
+  acetune export --input_name lora.safetensors --resize_energy 0.99 --bake_alpha
+  # merge into the base transformer at strength 0.8:
+  acetune export --input_name lora.safetensors --merge --checkpoint_dir ACE-Step-v1-3.5B --strength 0.8
+"""
+
+FORMATS = {"peft": lk.STYLE_BARE, "comfyui": lk.STYLE_COMFYUI, "kohya": lk.STYLE_KOHYA}
+
+
+@dataclass
+class Args:
+    input_name: str = arg(help="LoRA .safetensors file, or a checkpoint folder holding "
+                               "pytorch_lora_weights.safetensors", aliases=("--input",))
+    output_name: str | None = arg(None, help="output .safetensors file, or a folder (then weights + "
+                                             "adapter_config.json go inside); default: next to the input",
+                                  aliases=("--output",))
+    lora_config_path: str | None = arg(None, help="peft adapter config (r, lora_alpha, use_rslora); default: "
+                                                  "the one embedded in the file or adapter_config.json beside it")
+    bake_alpha: bool = arg(False, help="multiply A and B by sqrt(scale) so a loader applying B@A at strength "
+                                       "1.0 reproduces training (the fork's bake_alpha_in_lora.py)")
+    format: str = arg("peft", choices=tuple(FORMATS), help="key names: peft (bare module paths, saved layout), "
+                      "comfyui (diffusion_model.<module>), kohya (lora_unet_<module>); comfyui/kohya bake "
+                      "alpha unless --write_alpha")
+    write_alpha: bool = arg(False, help="keep A and B, write a per-module .alpha tensor (= scale * r) instead "
+                                        "of baking")
+    resize: int | None = arg(None, help="SVD-resize every module to this rank (at most its current rank)",
+                             metavar="RANK")
+    resize_energy: float | None = arg(None, help="SVD-resize each module to the smallest rank keeping this "
+                                                 "fraction of the delta's squared singular values (e.g. 0.99)")
+    merge: bool = arg(False, help="merge the LoRA into the base transformer and write a full "
+                                  "ace_step_transformer folder")
+    checkpoint_dir: str | None = arg(None, help="with --merge: the official checkpoint folder (holding "
+                                                "ace_step_transformer/) or the transformer folder itself")
+    strength: float = arg(1.0, help="with --merge: LoRA strength (1.0 = as trained)")
+    assume_baked: bool = arg(False, help="the file has no config and no .alpha: treat its scale as 1 "
+                                         "(a LoRA already baked)")
+
+    def __post_init__(self):
+        problems = []
+        if self.resize is not None and self.resize_energy is not None:
+            problems.append("--resize and --resize_energy both given: choose one")
+        if self.resize is not None and self.resize < 1:
+            problems.append("--resize must be a rank >= 1")
+        if self.resize_energy is not None and not 0.0 < self.resize_energy <= 1.0:
+            problems.append("--resize_energy must be in (0, 1], e.g. 0.99")
+        if self.bake_alpha and self.write_alpha:
+            problems.append("--bake_alpha and --write_alpha both given: bake the scale or write it, not both")
+        if self.merge:
+            if not self.checkpoint_dir:
+                problems.append("--merge needs --checkpoint_dir (the base model to merge into)")
+            others = [f for f, on in (("--bake_alpha", self.bake_alpha), ("--write_alpha", self.write_alpha),
+                                      ("--format", self.format != "peft"),
+                                      ("--resize", self.resize is not None or self.resize_energy is not None))
+                      if on]
+            if others:
+                problems.append(f"--merge writes a transformer folder; drop {', '.join(others)}")
+        elif self.strength != 1.0:
+            problems.append("--strength applies to --merge only; in ComfyUI set strength in the LoRA loader node")
+        if problems:
+            raise UsageError("; ".join(problems))
+
+
+@dataclass
+class LoraModule:
+    """One adapted linear layer: delta W = scale * b @ a, a (r, in), b (out, r)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return self.a.shape[0]
+
+
+# ---- reading ----
+
+def peft_scale(lora_alpha: float, r: int, use_rslora: bool) -> float:
+    """peft's LoRA scale (`LoraLayer.update_layer`): alpha / sqrt(r) with rsLoRA, else alpha / r."""
+    return lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+
+
+def _pattern_value(pattern: dict, module: str, default):
+    # peft matches rank_pattern/alpha_pattern keys as `(.*\.)?<key>$` against the module path.
+    for key, value in (pattern or {}).items():
+        if re.fullmatch(rf"(.*\.)?{key}", module):
+            return value
+    return default
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read adapter config ({e.__class__.__name__}: {e})", path=path,
+                         fix="pass a valid peft adapter_config.json with --lora_config_path") from None
+    if not isinstance(data, dict) or "r" not in data or "lora_alpha" not in data:
+        raise InputError("adapter config lacks r or lora_alpha", path=path,
+                         fix="pass the adapter_config.json written with the LoRA")
+    return data
+
+
+def resolve_input(name: str) -> Path:
+    """A LoRA file, or the weights file inside a checkpoint folder."""
+    path = Path(name)
+    if path.is_dir():
+        path = path / lk.LORA_WEIGHTS_FILE
+    if not path.is_file():
+        raise InputError("LoRA file not found", path=path,
+                         fix=f"pass a .safetensors file or a folder holding {lk.LORA_WEIGHTS_FILE}")
+    return path
+
+
+def load_lora(path: Path, config_path: str | None = None, assume_baked: bool = False
+              ) -> tuple[dict[str, LoraModule], dict | None]:
+    """Read a LoRA file in any accepted key form; returns ({module: LoraModule}, peft config or None)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for a bad header
+        raise InputError(f"not a readable safetensors file ({e.__class__.__name__})", path=path,
+                         fix="pass the .safetensors file a training checkpoint holds") from None
+    grouped = lk.split_modules(tensors, path=path)
+    config, source = None, None
+    if config_path:
+        config, source = _read_json(Path(config_path)), Path(config_path)
+    elif lk.ADAPTER_METADATA_KEY in metadata:
+        try:
+            config, source = json.loads(metadata[lk.ADAPTER_METADATA_KEY]), path
+        except ValueError:
+            logger.warning("%s: unreadable embedded adapter config, ignored", path)
+    if config is None and (path.parent / lk.ADAPTER_CONFIG_FILE).is_file():
+        source = path.parent / lk.ADAPTER_CONFIG_FILE
+        config = _read_json(source)
+    has_alpha = any(lk.ALPHA in parts for parts in grouped.values())
+    if config is None and not has_alpha and not assume_baked:
+        raise InputError("no adapter config found (nor .alpha tensors), so the LoRA scale is unknown", path=path,
+                         fix=f"pass --lora_config_path, put {lk.ADAPTER_CONFIG_FILE} next to it, "
+                             "or --assume_baked if alpha is already baked in")
+    modules = {}
+    for name, parts in grouped.items():
+        a, b = parts[lk.LORA_A], parts[lk.LORA_B]
+        r = a.shape[0]
+        if lk.ALPHA in parts:  # ComfyUI's rule: alpha / rank, rank = rows of A
+            scale = float(parts[lk.ALPHA].float().reshape(-1)[0]) / r
+        elif config is not None:
+            r_cfg = _pattern_value(config.get("rank_pattern"), name, config["r"])
+            if r_cfg != r:
+                raise InputError(f"config {source} says r={r_cfg} but module {name!r} has rank {r}", path=path,
+                                 fix="pass the adapter config this LoRA was trained with (--lora_config_path)")
+            alpha = _pattern_value(config.get("alpha_pattern"), name, config["lora_alpha"])
+            scale = peft_scale(alpha, r, bool(config.get("use_rslora", False)))
+        else:
+            scale = 1.0
+        modules[name] = LoraModule(a, b, scale)
+    return modules, config
+
+
+# ---- transforms ----
+
+def bake(mod: LoraModule) -> LoraModule:
+    """Fold the scale into both factors (`bake_alpha_in_lora.py`): A, B *= sqrt(scale); scale -> 1."""
+    if mod.scale == 1.0:
+        return mod
+    s = math.sqrt(mod.scale)  # same arithmetic as the fork: tensor (stored dtype) times a Python float
+    return LoraModule(mod.a * s, mod.b * s, 1.0)
+
+
+def svd_resize(mod: LoraModule, rank: int | None = None, energy: float | None = None,
+               use_rslora: bool = False) -> tuple[LoraModule, float]:
+    """Truncated SVD of the delta `scale * B @ A`; returns (new module, kept energy fraction).
+
+    Kept energy = sum of the kept squared singular values / all of them, so the relative Frobenius
+    error of the new delta is sqrt(1 - kept). The new module keeps the same lora_alpha (scale
+    re-derived for the new rank, rsLoRA or not), so a peft config only needs a new rank.
+    """
+    a, b = mod.a.double(), mod.b.double()
+    qb, rb = torch.linalg.qr(b)  # (out, k1), (k1, r)
+    qa, ra = torch.linalg.qr(a.T)  # (in, k2), (k2, r)
+    u, s, vh = torch.linalg.svd(mod.scale * rb @ ra.T)  # delta = qb u diag(s) vh qa^T
+    total = float((s ** 2).sum())
+    cum = (torch.cumsum(s ** 2, 0) / total).tolist() if total > 0 else [1.0] * len(s)
+    if rank is not None:
+        k = min(rank, len(s))
+    else:
+        k = next(i + 1 for i, e in enumerate(cum) if e >= energy - 1e-12)
+    old_alpha = mod.scale * (math.sqrt(mod.rank) if use_rslora else mod.rank)
+    new_scale = peft_scale(old_alpha, k, use_rslora)
+    root = torch.sqrt(s[:k] / new_scale)
+    new_b = (qb @ u[:, :k]) * root  # (out, k)
+    new_a = root[:, None] * (vh[:k] @ qa.T)  # (k, in)
+    return LoraModule(new_a.to(mod.a.dtype), new_b.to(mod.b.dtype), new_scale), cum[k - 1]
+
+
+def describe_config(modules: dict[str, LoraModule], base: dict | None) -> dict:
+    """A peft config whose per-module scale equals each module's `scale` (rank/alpha patterns as needed)."""
+    ranks = {m: mod.rank for m, mod in modules.items()}
+    r0 = Counter(ranks.values()).most_common(1)[0][0]
+    cfg = {k: v for k, v in (base or {}).items() if k not in ("rank_pattern", "alpha_pattern")}
+    cfg.setdefault("target_modules", sorted(modules))
+    cfg["r"] = r0
+    cfg["rank_pattern"] = {m: r for m, r in sorted(ranks.items()) if r != r0}
+    if base is not None and all(math.isclose(
+            peft_scale(_pattern_value(base.get("alpha_pattern"), m, base["lora_alpha"]), mod.rank,
+                       bool(base.get("use_rslora", False))), mod.scale, rel_tol=1e-6) for m, mod in modules.items()):
+        cfg["alpha_pattern"] = dict(base.get("alpha_pattern") or {})
+        return cfg
+    # Otherwise plain LoRA scaling: lora_alpha = scale * r, exceptions in alpha_pattern.
+    alphas = {m: mod.scale * mod.rank for m, mod in modules.items()}
+    a0 = Counter(alphas.values()).most_common(1)[0][0]
+    cfg.update(use_rslora=False, lora_alpha=a0,
+               alpha_pattern={m: a for m, a in sorted(alphas.items()) if not math.isclose(a, a0, rel_tol=1e-9)})
+    return cfg
+
+
+# ---- writing ----
+
+def write_lora(path: Path, modules: dict[str, LoraModule], style: str, write_alpha: bool, config: dict) -> None:
+    """Write the LoRA atomically (temp + rename), with the peft config embedded in the metadata."""
+    tensors = {}
+    for name, mod in modules.items():
+        parts = {lk.LORA_A: mod.a.contiguous(), lk.LORA_B: mod.b.contiguous()}
+        if write_alpha:
+            parts[lk.ALPHA] = torch.tensor(mod.scale * mod.rank, dtype=torch.float32)
+        tensors[name] = parts
+    metadata = dict(lk.SAVED_METADATA)
+    metadata[lk.ADAPTER_METADATA_KEY] = json.dumps(config, sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(lk.build_state_dict(tensors, style), str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---- merge ----
+
+def resolve_transformer_dir(checkpoint_dir: str) -> Path:
+    """The `ace_step_transformer/` folder inside `checkpoint_dir`, or `checkpoint_dir` itself."""
+    root = Path(checkpoint_dir)
+    for cand in (root / V1_TRANSFORMER_DIR, root):
+        if (cand / CONFIG_FILE).is_file() and ((cand / WEIGHTS_FILE).is_file() or (cand / WEIGHTS_INDEX_FILE).is_file()):
+            return cand
+    raise CheckpointError(f"no transformer found (need {CONFIG_FILE} and {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE})",
+                          path=root, fix=f"pass the checkpoint folder holding {V1_TRANSFORMER_DIR}/")
+
+
+def merge_into_transformer(modules: dict[str, LoraModule], src: Path, out: Path, strength: float = 1.0) -> int:
+    """Write `out` = `src` with W += strength * scale * B @ A on every targeted `<module>.weight`.
+
+    The sum is done in fp32 and cast back to the stored dtype; shards, index and config are kept as
+    they are. `out` is built in a temp folder and renamed into place. Returns the modules merged.
+    """
+    if (src / WEIGHTS_INDEX_FILE).is_file():
+        index = json.loads((src / WEIGHTS_INDEX_FILE).read_text(encoding="utf-8"))
+        shards = sorted(set(index["weight_map"].values()))
+    else:
+        shards = [WEIGHTS_FILE]
+    where = {}
+    for shard in shards:
+        with safe_open(str(src / shard), framework="pt") as f:
+            where.update({k: shard for k in f.keys()})
+    targets = {f"{m}.weight": mod for m, mod in modules.items()}
+    missing = sorted(set(targets) - set(where))
+    if missing:
+        raise CheckpointError(f"{len(missing)} LoRA modules are not in this transformer (first: {missing[0]!r})",
+                              path=src, fix="merge into the model the LoRA was trained on")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for item in src.iterdir():
+            if item.is_file() and item.name not in shards:
+                shutil.copy2(item, tmp / item.name)
+        for shard in progress(shards, desc="merge", unit="shard"):
+            with safe_open(str(src / shard), framework="pt") as f:
+                metadata = f.metadata() or dict(lk.SAVED_METADATA)
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            for key in [k for k in tensors if k in targets]:
+                w, mod = tensors[key], targets[key]
+                if tuple(w.shape) != (mod.b.shape[0], mod.a.shape[1]):
+                    raise CheckpointError(f"{key}: weight {tuple(w.shape)} does not fit LoRA "
+                                          f"B {tuple(mod.b.shape)} @ A {tuple(mod.a.shape)}", path=src / shard,
+                                          fix="merge into the model the LoRA was trained on")
+                delta = mod.b.float() @ mod.a.float()
+                tensors[key] = (w.float() + (strength * mod.scale) * delta).to(w.dtype)
+            save_file(tensors, str(tmp / shard), metadata=metadata)
+            del tensors
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return len(targets)
+
+
+# ---- command ----
+
+def _default_output(input_name: str, suffix: str, ext: str = ".safetensors") -> Path:
+    given = Path(input_name)
+    if given.is_dir():
+        return given.parent / f"{given.name}{suffix}{ext}"
+    return given.with_name(f"{given.stem}{suffix}{ext}")
+
+
+def run(args: Args) -> int:
+    path = resolve_input(args.input_name)
+    modules, config = load_lora(path, args.lora_config_path, args.assume_baked)
+
+    if args.merge:
+        src = resolve_transformer_dir(args.checkpoint_dir)
+        out = Path(args.output_name) if args.output_name else \
+            _default_output(args.input_name, "_merged", "") / V1_TRANSFORMER_DIR
+        if out.resolve() == src.resolve():
+            raise UsageError("--output_name is the base transformer folder", path=out, fix="choose a new folder")
+        n = merge_into_transformer(modules, src, out, args.strength)
+        print(f"merged {n} LoRA modules at strength {args.strength:g} into {out}")
+        return 0
+
+    suffix = ""
+    if args.resize is not None or args.resize_energy is not None:
+        rslora = bool(config and config.get("use_rslora", False))
+        print(f"{'module':<56} {'rank':>9}  kept energy")
+        kept_all = []
+        for name in sorted(modules):
+            old = modules[name]
+            modules[name], kept = svd_resize(old, args.resize, args.resize_energy, rslora)
+            kept_all.append(kept)
+            print(f"{name:<56} {old.rank:>4} -> {modules[name].rank:<3} {kept:.6f}")
+        print(f"resized {len(modules)} modules: kept energy min {min(kept_all):.6f}, "
+              f"mean {sum(kept_all) / len(kept_all):.6f}; relative delta error = sqrt(1 - kept)")
+        suffix += f"_r{args.resize}" if args.resize is not None else f"_e{args.resize_energy:g}"
+
+    style = FORMATS[args.format]
+    do_bake = args.bake_alpha or (args.format != "peft" and not args.write_alpha)
+    if do_bake:
+        scales = sorted({round(m.scale, 9) for m in modules.values()})
+        modules = {n: bake(m) for n, m in modules.items()}
+        print(f"baked scale {', '.join(f'{s:g}' for s in scales)} (A and B times "
+              f"{', '.join(f'{math.sqrt(s):.6g}' for s in scales)}): load at strength 1.0")
+        suffix += "_baked"
+    elif args.write_alpha:
+        suffix += "_alpha"
+    if args.format != "peft":
+        suffix += f"_{args.format}"
+
+    out = Path(args.output_name) if args.output_name else _default_output(args.input_name, suffix or "_export")
+    if out.suffix != ".safetensors":
+        out = out / lk.LORA_WEIGHTS_FILE
+    if out.resolve() == path.resolve():
+        raise UsageError("--output_name is the input file", path=out, fix="choose another output name")
+    new_config = describe_config(modules, config)
+    write_lora(out, modules, style, args.write_alpha, new_config)
+    sidecar = out.parent / lk.ADAPTER_CONFIG_FILE
+    # A config beside the weights lets peft/diffusers load them; never overwrite the input's own.
+    if args.format == "peft" and not args.write_alpha:
+        if not sidecar.exists():
+            _write_text_atomic(sidecar, json.dumps(new_config, indent=2, sort_keys=True))
+        elif _read_json(sidecar) != new_config:
+            logger.warning("%s is kept as is and does not describe %s; its own config is embedded in the "
+                           "file (diffusers reads it). Write to a new folder for a loadable peft folder.",
+                           sidecar, out.name)
+    print(f"wrote {len(modules)} modules ({args.format} keys{', .alpha tensors' if args.write_alpha else ''}) "
+          f"to {out}")
+    return 0
