@@ -23,9 +23,12 @@ from acetune.errors import AcetuneError, UsageError
 
 # name -> (module, one-line summary). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "caption": ("acetune.stages.caption", "write tag prompts, lyrics, BPM and key next to each song"),
     "build-dataset": ("acetune.stages.build_dataset", "scan an audio folder and its sidecars into a dataset"),
     "selftest": ("acetune.stages.selftest", "check this implementation against golden reference vectors"),
+    "preprocess": ("acetune.stages.preprocess", "encode the song dataset once into latents and embeddings for training"),
     "export": ("acetune.stages.export", "bake alpha, convert to ComfyUI keys, SVD-resize or merge a LoRA"),
+    "generate": ("acetune.stages.generate", "render a song from a prompt, lyrics and LoRAs to 48 kHz audio"),
 }
 
 

@@ -220,3 +220,8 @@ def test_changed_schedule_wins_on_resume(tmp_path, caplog):
     assert longer.last_epoch == 2 and longer.lr_lambdas[0].max_steps == 100
     state = json.loads((path / ckpt.STATE_FILE).read_text())
     assert state["scheduler"]["lr_lambdas"] == [{"warmup_steps": 1, "max_steps": 10, "final_fraction": 0.0}]
+
+
+def test_is_finite_state():
+    assert ckpt.is_finite_state({"a": torch.ones(2), "ids": torch.arange(3)})
+    assert not ckpt.is_finite_state({"a": torch.tensor([1.0, float("nan")])})

@@ -3,7 +3,7 @@
 A family (ACE-Step v1 now, ACE-Step 1.5 later) is one object implementing `ModelFamily`, found
 by name with `get_family(name)` or from a checkpoint folder with `detect_family(dir)`. Stages talk
 to the family, never to `models/v1/...` directly, so a second family is one new module plus one
-line in `_FAMILY_MODULES`. Later issues add the preprocess/train/generate hooks here.
+line in `_FAMILY_MODULES`. The trainer talks to a family through the two training hooks below.
 """
 
 from __future__ import annotations
@@ -44,6 +44,46 @@ class ModelFamily(Protocol):
 
     def config_hash(self, checkpoint_dir: Path) -> str:
         """Stable hash of the transformer config; cached features record it to detect a model change."""
+
+    # ---- training hooks (used by `acetune.training.loop.fit`) ----
+
+    def prepare_for_training(self, model: torch.nn.Module, *, use_ssl: bool, drop_lyric_path: bool = False
+                             ) -> dict[str, int]:
+        """Free weights this training run never reads; returns {what was freed: parameter count}.
+
+        `use_ssl` False: the SSL projection heads go. `drop_lyric_path` True: the lyric encoder goes
+        (its output is cached per sample; only when nothing trainable is in it and no validation
+        render needs it).
+        """
+
+    def training_loss(self, model: torch.nn.Module, batch: dict, *, shift: float, ssl_coeff: float,
+                      noise: torch.Tensor | None = None, u: torch.Tensor | None = None):
+        """One training step's loss terms (an object with `.loss`, `.denoising_loss`, `.proj_losses`
+        dict and `.log_values()`, e.g. `models.v1.flow.FlowLoss`).
+
+        `batch` is already on the model's device and dtype. `noise` / `u` (the logit-normal draw)
+        replace the random draws, for parity tests; otherwise they come from the global torch RNG.
+        """
+
+    # ---- preprocess hooks (acetune.stages.preprocess) ----
+
+    sample_rate: int
+    """Rate of the stereo audio the codec encodes (v1: 48000)."""
+
+    def load_codec(self, checkpoint_dir: Path, dtype: torch.dtype = torch.float32,
+                   device: str | torch.device = "cpu") -> torch.nn.Module:
+        """Audio encoder with `encode(audios (N, 2, T), audio_lengths (N,)) -> (latents, latent_lengths)`."""
+
+    def load_text_encoder(self, checkpoint_dir: Path, dtype: torch.dtype = torch.float32,
+                          device: str | torch.device = "cpu"):
+        """Prompt encoder with `.model` (a torch module) and `encode(texts, path="dataset") -> (hidden (N, T, D),
+        attention mask (N, T))`, the training-data tokenisation."""
+
+    def load_lyric_tokenizer(self, checkpoint_dir: Path, vocab: Path | None = None):
+        """Lyric tokenizer with `tokenize_dataset_checked(text, song) -> LyricTokens(ids | None, language, warnings)`."""
+
+    def encoder_config_hash(self, checkpoint_dir: Path) -> str:
+        """Stable hash of the configs of every encoder preprocess runs (cached features depend on them)."""
 
 
 def family_names() -> list[str]:

@@ -17,6 +17,7 @@ CASE_MODULES: list[str] = [
     "acetune.parity.audio",
     "acetune.parity.codec",
     "acetune.parity.lyrics",
+    "acetune.parity.train_step",
 ]
 
 

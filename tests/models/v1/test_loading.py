@@ -65,8 +65,8 @@ def test_save_pretrained_sharded_round_trip(tmp_path, tiny_model):
     assert all(torch.equal(v, ref[k].bfloat16()) for k, v in model.state_dict().items())
     tiny_model.save_pretrained(tmp_path / "single")
     again = ACEStepTransformer2DModel.from_pretrained(tmp_path / "single")
-    public = (lambda c: {k: v for k, v in c.items() if not k.startswith("_")})
-    assert public(again.config) == public(tiny_model.config)
+    assert {k: v for k, v in again.config.items() if not k.startswith("_")} == {
+        k: v for k, v in tiny_model.config.items() if not k.startswith("_")}
 
 
 def test_drop_unused_skips_add_projections(folder, tiny_model):

@@ -61,3 +61,11 @@ def test_builds_on_meta_device():
     with torch.device("meta"):
         mel = LogMelSpectrogram()
     assert mel.mel_scale.fb.shape == (1025, 128) and mel.mel_scale.fb.is_meta
+
+
+def test_chunked_stft_equals_whole():
+    mel = LogMelSpectrogram()
+    x = torch.randn(2, 512 * 37)
+    whole = mel(x)
+    for chunk in (1, 5, 36, 100):
+        torch.testing.assert_close(mel(x, chunk_frames=chunk), whole, rtol=0, atol=1e-5)

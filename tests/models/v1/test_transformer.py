@@ -35,6 +35,15 @@ def test_tiny_golden_case(golden):
     assert sum(r.metric == "norm" for r in rows) == 2  # the analytically-zero linear_k.bias grads
 
 
+def test_selftest_command_runs_the_case(golden, capsys):
+    from acetune.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["selftest", "--golden", str(golden), "--only", "v1_transformer_tiny"])
+    assert exit_.value.code in (0, None)
+    assert "150 passed, 0 failed" in capsys.readouterr().out
+
+
 def test_tiny_config_matches_golden(tiny):
     cfg = json.loads((tiny / "config.json").read_text())
     assert config_kwargs(cfg) == {k: v for k, v in cfg.items() if not k.startswith("_")} | {"inner_dim": 64}

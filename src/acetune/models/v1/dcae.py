@@ -50,6 +50,7 @@ SCALE_FACTOR, SHIFT_FACTOR = 0.1786, -1.9091  # not the AutoencoderDC config's s
 # hardly matters (32..128 frames: 1.13%..1.02%).
 ENCODE_WINDOW, ENCODE_CONTEXT = 1024, 128
 DCAE_WINDOW, DCAE_CONTEXT = 512, 128
+MEL_CHUNK = 4096  # STFT frames per chunk in `dcae_input` (exact; bounds the spectrogram's memory)
 VOCODER_WINDOW, VOCODER_CONTEXT = 1024, 96  # mel frames; the vocoder's receptive field is ~90 frames
 
 
@@ -137,7 +138,7 @@ class MusicDCAE(nn.Module):
         """
         multiple = TIME_MULTIPLE * HOP
         audio_44k = F.pad(audio_44k, (0, -audio_44k.shape[-1] % multiple))
-        mel = self.vocoder.mel_transform(audio_44k.float())  # (N, 2, 128, frames)
+        mel = self.vocoder.mel_transform(audio_44k.float(), chunk_frames=MEL_CHUNK)  # (N, 2, 128, frames)
         mel = (mel - MIN_MEL) / (MAX_MEL - MIN_MEL)
         return (mel - 0.5) / 0.5  # torchvision Normalize(0.5, 0.5) in the reference
 
@@ -162,7 +163,7 @@ class MusicDCAE(nn.Module):
         audio = resample(audios.to(self.device, torch.float32), sr, DCAE_SAMPLE_RATE)
         latents = [self._encode_mel(self.dcae_input(clip[None]), window, context) for clip in audio]
         latents = (torch.cat(latents) - SHIFT_FACTOR) * SCALE_FACTOR
-        return latents, latent_lengths_for(audio_lengths.cpu(), sr).to(latents.device)
+        return latents, latent_lengths_for(torch.as_tensor(audio_lengths).cpu(), sr).to(latents.device)
 
     def _encode_mel(self, mel: torch.Tensor, window: int | None, context: int) -> torch.Tensor:
         """(1, 2, 128, 8·L) normalised mel -> (1, 8, 16, L) raw encoder output, window by window."""

@@ -76,18 +76,26 @@ class LinearSpectrogram(nn.Module):
         self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
         self.register_buffer("window", torch.hann_window(win_length))  # periodic Hann
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """(..., T) waveform -> (..., n_fft // 2 + 1, frames) magnitude in `y`'s dtype."""
+    def pad(self, y: torch.Tensor) -> torch.Tensor:
+        """(..., T) -> (..., T + win − hop), reflect-padded by (win − hop) / 2 on each side."""
         lead = y.shape[:-1]
         y = y.reshape(-1, 1, y.shape[-1])  # (B, 1, T): reflect padding wants a channel axis
         pad = self.win_length - self.hop_length
-        y = F.pad(y, (pad // 2, (pad + 1) // 2), mode="reflect").squeeze(1)  # (B, T + 1536)
+        return F.pad(y, (pad // 2, (pad + 1) // 2), mode="reflect").reshape(*lead, -1)
+
+    def magnitude(self, padded: torch.Tensor) -> torch.Tensor:
+        """(..., T') already padded -> (..., n_fft // 2 + 1, (T' − n_fft) // hop + 1) magnitude."""
+        lead = padded.shape[:-1]
         # The reference runs the STFT in float32 whatever the model dtype, then casts back.
-        spec = torch.stft(y.float(), self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
-                          window=self.window.float(), center=False, normalized=False, onesided=True,
-                          return_complex=True)  # (B, n_fft // 2 + 1, frames)
+        spec = torch.stft(padded.reshape(-1, padded.shape[-1]).float(), self.n_fft, hop_length=self.hop_length,
+                          win_length=self.win_length, window=self.window.float(), center=False,
+                          normalized=False, onesided=True, return_complex=True)  # (B, n_fft // 2 + 1, frames)
         mag = torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-6)  # 1e-6 keeps sqrt' finite at 0
-        return mag.to(y.dtype).reshape(*lead, *mag.shape[1:])
+        return mag.to(padded.dtype).reshape(*lead, *mag.shape[1:])
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """(..., T) waveform -> (..., n_fft // 2 + 1, frames) magnitude in `y`'s dtype."""
+        return self.magnitude(self.pad(y))
 
 
 class MelScale(nn.Module):
@@ -118,6 +126,21 @@ class LogMelSpectrogram(nn.Module):
         self.spectrogram = LinearSpectrogram(n_fft, win_length, hop_length)
         self.mel_scale = MelScale(n_mels, sample_rate, f_min, f_max or sample_rate // 2, n_fft // 2 + 1)
 
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        """(..., T) waveform at `sample_rate` -> (..., n_mels, T // hop) log-mel (natural log)."""
-        return torch.log(torch.clamp(self.mel_scale(self.spectrogram(wav)), min=1e-5))
+    def forward(self, wav: torch.Tensor, chunk_frames: int | None = None) -> torch.Tensor:
+        """(..., T) waveform at `sample_rate` -> (..., n_mels, T // hop) log-mel (natural log).
+
+        `chunk_frames` computes the STFT that many frames at a time (frames are independent once the
+        clip is padded, so the result is the same): the complex spectrogram is 4× the audio's size
+        and would otherwise dominate memory for long songs.
+        """
+        spec = self.spectrogram
+        padded = spec.pad(wav)
+        frames = (padded.shape[-1] - spec.n_fft) // spec.hop_length + 1
+        if chunk_frames is None or frames <= chunk_frames:
+            return self._log_mel(padded)
+        pieces = [padded[..., f0 * spec.hop_length:(min(frames, f0 + chunk_frames) - 1) * spec.hop_length + spec.n_fft]
+                  for f0 in range(0, frames, chunk_frames)]
+        return torch.cat([self._log_mel(piece) for piece in pieces], dim=-1)
+
+    def _log_mel(self, padded: torch.Tensor) -> torch.Tensor:
+        return torch.log(torch.clamp(self.mel_scale(self.spectrogram.magnitude(padded)), min=1e-5))

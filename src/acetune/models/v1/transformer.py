@@ -219,7 +219,8 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     # ---- memory hooks -------------------------------------------------------------------------
 
     def drop_unused_projections(self) -> None:
-        """Delete every `cross_attn.add_*` / `to_add_out` (never used by the forward; ~2.5% of the weights)."""
+        """Delete every `cross_attn.add_*` / `to_add_out` (never used by the forward: 19% of the official
+        model's parameters, 1.26 GB in bf16)."""
         for block in self.transformer_blocks:
             block.cross_attn.drop_unused()
 

@@ -1,0 +1,145 @@
+"""Benchmark the v1 transformer on CPU: parameters, forward+backward time, peak RSS.
+
+Configs: the golden tiny, a medium (6 layers, 8 x 128 = 1024 wide, official lyric encoder) and the
+official 3.5B (measured only with --official: needs ~14 GB in fp32). Each measured case runs in its
+own process (peak RSS is per process and includes ~0.65 GB of imports), like
+../shared/facts/reference-baseline.md: batch 1, text 20 tokens, lyrics 200 tokens, SSL targets
+1024-d at 75 Hz and 768-d at 50 Hz, rsLoRA r 64 on to_q/to_k/to_v/to_out.0, AdamW-free (the step is
+forward + backward only). Also prints an analytic peak-memory estimate for training the official
+config at 360 s with a rank-64 LoRA in bf16.
+
+    OMP_NUM_THREADS=2 python benchmarks/transformer.py            # tiny + medium
+    OMP_NUM_THREADS=2 python benchmarks/transformer.py --official  # + the 3.5B (14 GB RAM)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+FRAMES = {"10s": 108, "60s": 646}
+SSL_HZ = (75, 50)
+
+
+def configs() -> dict[str, dict]:
+    from acetune.models.v1.transformer import tiny_transformer_config
+
+    medium = dict(num_layers=6, num_attention_heads=8, attention_head_dim=128, ssl_encoder_depths=[3, 3])
+    return {"tiny": tiny_transformer_config(), "medium": medium, "official": {}}
+
+
+def measure(name: str, length: str, ckpt: bool, dtype_name: str, repeats: int) -> dict:
+    import torch
+    from peft import LoraConfig
+
+    from acetune.models.v1.loading import build_transformer
+    from acetune.parity.det_init import det_init_
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    model = build_transformer(configs()[name])
+    params = sum(p.numel() for p in model.parameters())  # as the official state dict counts them
+    model.drop_unused_projections()
+    det_init_(model)
+    model.to(dtype)
+    model.requires_grad_(False)
+    model.add_adapter(LoraConfig(r=64, lora_alpha=1, use_rslora=True,
+                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()  # LoRA weights in fp32 over the base dtype
+    model.train()
+    if ckpt:
+        model.enable_gradient_checkpointing()
+    cfg = model.config
+    frames = FRAMES[length]
+    seconds = int(length[:-1])
+    g = torch.Generator().manual_seed(0)
+    kw = dict(
+        hidden_states=torch.randn(1, 8, 16, frames, generator=g), attention_mask=torch.ones(1, frames),
+        encoder_text_hidden_states=torch.randn(1, 20, cfg.text_embedding_dim, generator=g),
+        text_attention_mask=torch.ones(1, 20), speaker_embeds=torch.zeros(1, cfg.speaker_embedding_dim),
+        lyric_token_idx=torch.randint(0, 6000, (1, 200), generator=g), lyric_mask=torch.ones(1, 200),
+        timestep=torch.tensor([500.0]),
+        ssl_hidden_states=[[torch.randn(seconds * hz, dim, generator=g)] for hz, dim in zip(SSL_HZ, cfg.ssl_latent_dims)],
+    )
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = model(**kw)
+            loss = out.sample.float().square().mean() + sum(v for _, v in out.proj_losses)
+        loss.backward()
+        if i:  # the first run is a warm-up
+            times.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"params": params, "time_s": statistics.median(times), "peak_rss_gb": peak_gb}
+
+
+def analytic_official_360s_bf16_lora64() -> list[tuple[str, float]]:
+    """Rough training peak (GB) for the official config, 360 s, r 64 LoRA, bf16 base, checkpointing on.
+
+    Counted: weights, LoRA params + grads + AdamW states (fp32), the per-block checkpoint inputs, the
+    recomputed working set of one block in forward+backward (~45 (S, W)-sized bf16 tensors, twice for
+    their gradients), cross-attention scores (math SDPA on CPU), the Conformer's scores (checkpointed
+    per layer) and the SSL heads. Not counted: allocator fragmentation, framework overhead.
+    """
+    w, layers, heads = 2560, 24, 20
+    frames = int(360 * 44100 / 512 / 8)  # 3876
+    lyrics, text = 2048, 256
+    enc = 1 + text + lyrics
+    total = 3_305_659_264
+    unused = layers * 4 * (w * w + w)
+    lora = layers * 8 * 64 * (w + w)
+    gb = 1e9
+    sw = frames * w * 2 / gb
+    terms = [
+        ("base weights bf16 (drop_unused)", (total - unused) * 2 / gb),
+        ("LoRA r64 params+grads+AdamW fp32", lora * 4 * 4 / gb),
+        ("checkpointed block inputs", layers * sw),
+        ("one block recompute (fwd+bwd)", 2 * 45 * sw),
+        ("cross-attn scores (+softmax grad)", 2 * heads * frames * enc * 2 / gb),
+        ("Conformer layer scores (16 heads, T x 2T)", 3 * 16 * lyrics * (2 * lyrics) * 2 / gb),
+        ("SSL heads + targets", (2 * frames * 2 * w * 2 * 2 + 360 * (75 * 1024 + 50 * 768) * 2) / gb),
+    ]
+    return terms + [("total (estimate)", sum(v for _, v in terms))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--official", action="store_true", help="also measure the official config (~14 GB RAM)")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--case", nargs=3, metavar=("CONFIG", "LENGTH", "CKPT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.case:
+        name, length, ckpt = args.case
+        print(json.dumps(measure(name, length, ckpt == "1", args.dtype, args.repeats)))
+        return 0
+    names = ["tiny", "medium"] + (["official"] if args.official else [])
+    print(f"{'config':<9} {'params':>14} {'audio':>5} {'ckpt':>5} {'fwd+bwd s':>10} {'peak RSS GB':>12}  ({args.dtype}, LoRA r64)")
+    for name in names:
+        for length in FRAMES:
+            for ckpt in ("0", "1"):
+                cmd = [sys.executable, __file__, "--case", name, length, ckpt, "--dtype", args.dtype,
+                       "--repeats", str(args.repeats)]
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                if res.returncode:
+                    print(f"{name:<9} {length} ckpt={ckpt}: failed: {res.stderr.strip().splitlines()[-1:]}")
+                    continue
+                r = json.loads(res.stdout.strip().splitlines()[-1])
+                print(f"{name:<9} {r['params']:>14,} {length:>5} {'on' if ckpt == '1' else 'off':>5} "
+                      f"{r['time_s']:>10.3f} {r['peak_rss_gb']:>12.2f}", flush=True)
+    print("\nanalytic peak, official config, 360 s, LoRA r64, bf16, gradient checkpointing:")
+    for label, value in analytic_official_360s_bf16_lora64():
+        print(f"  {label:<45} {value:>6.2f} GB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pieces of the preprocess stage (`acetune.stages.preprocess`): SSL features, sample planning, output store."""

@@ -1,0 +1,109 @@
+"""Per-song inputs of the preprocess stage: prompt variants, crop/split windows, speaker embedding.
+
+Prompt variants keep the upstream trainer's prompt augmentation (`Text2MusicDataset.process`: the
+tags shuffled and joined with ", " — `["music"]` when there are none — or, with equal chance, one
+of the non-empty recaptions) without re-running UMT5 during training: the text embeddings of K
+variants are stored and the trainer draws one per step. Variants are every recaption (sorted by
+name) plus distinct shuffled tag orders up to K (at least one tag order), duplicates removed, so a
+song with one tag and no recaption has a single variant. The shuffles come from a RNG seeded with
+the song key and `--seed`, so reruns and shards produce identical prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from pathlib import Path
+
+import torch
+
+from acetune.errors import InputError
+
+SPEAKER_DIM = 512  # zeros(512) when a song has no speaker embedding (reference `process`)
+WINDOW_SEP = "#w"  # sample key of window n > 0 of song k: f"{k}#w{n}"; window 0 keeps the bare key
+
+
+def song_rng(key: str, seed: int) -> random.Random:
+    """A RNG that depends only on the song key and the seed (not on order, shard or process)."""
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def prompt_variants(tags: list[str], recaption: dict[str, str], k: int, rng: random.Random) -> list[str]:
+    """Up to `k` distinct prompts: recaptions (sorted by name), then shuffled tag orders.
+
+    At least one tag order is kept even when there are `k` or more recaptions (the reference
+    always offers it). Prompts are not cut here; the text encoder's "dataset" path cuts to 256 chars.
+    """
+    tags = list(tags) or ["music"]
+    recaps = [v for _, v in sorted(recaption.items()) if isinstance(v, str) and v]
+    n_orders = max(1, k - len(recaps))
+    recaps = recaps[: k - n_orders]
+    orders: list[str] = []
+    max_distinct = math.factorial(min(len(tags), 10))
+    attempts = 0
+    while len(orders) < min(n_orders, max_distinct) and attempts < 20 * n_orders:
+        attempts += 1
+        shuffled = tags[:]
+        rng.shuffle(shuffled)
+        text = ", ".join(shuffled)
+        if text not in orders:
+            orders.append(text)
+    out: list[str] = []
+    for text in orders + recaps:
+        if text not in out:
+            out.append(text)
+    return out
+
+
+def sample_key(song_key: str, window: int) -> str:
+    return song_key if window == 0 else f"{song_key}{WINDOW_SEP}{window}"
+
+
+def song_key_of(key: str, window: int) -> str:
+    """Inverse of `sample_key`."""
+    return key if window == 0 else key[: -len(f"{WINDOW_SEP}{window}")]
+
+
+def plan_windows(total: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """[(start, end)] windows of `window` samples stepping by `window - overlap` over [0, total).
+
+    The last window is moved back to end at `total`, so every window is full length; a clip no
+    longer than `window` is one window.
+    """
+    if total <= window:
+        return [(0, total)]
+    step = window - overlap
+    n = math.ceil((total - window) / step) + 1
+    starts = [min(i * step, total - window) for i in range(n)]
+    return [(s, s + window) for s in starts]
+
+
+def load_speaker_embedding(path: str) -> torch.Tensor:
+    """(512,) float32 from .safetensors (first tensor), .npy, or .pt/.pth (weights_only).
+
+    Raises:
+        InputError: unreadable file or not 512 values.
+    """
+    p = Path(path)
+    fix = "point speaker_emb_path at a 512-value embedding (.safetensors/.npy/.pt) or leave it empty"
+    if not p.is_file():
+        raise InputError("speaker embedding file not found", path=p, fix=fix)
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(p))
+            t = next(iter(tensors.values()))
+        elif p.suffix == ".npy":
+            import numpy as np
+
+            t = torch.from_numpy(np.load(p, allow_pickle=False))
+        else:
+            t = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
+        raise InputError(f"cannot read speaker embedding ({err.__class__.__name__})", path=p, fix=fix) from None
+    if not isinstance(t, torch.Tensor) or t.numel() != SPEAKER_DIM:
+        raise InputError(f"speaker embedding must hold {SPEAKER_DIM} values", path=p, fix=fix)
+    return t.reshape(SPEAKER_DIM).float()

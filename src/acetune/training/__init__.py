@@ -1,0 +1,1 @@
+"""Training machinery: loop, LoRA setup, data, optimizers, checkpoints, loggers, validation."""
