@@ -32,14 +32,15 @@ def det_value(key: str, shape: Iterable[int], dtype: torch.dtype = torch.float32
     """The deterministic value of parameter `key` with `shape`, computed in fp32, cast to `dtype`."""
     shape = tuple(int(s) for s in shape)
     gen = torch.Generator(device="cpu").manual_seed(key_seed(key))
-    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+    value = torch.randn(shape, generator=gen, dtype=torch.float32)
+    # in place: no second full-size temporary (the 3.5B model is built tensor by tensor)
     if len(shape) >= 2:
         fan_in = max(math.prod(shape) // shape[0], 1)
-        value = noise * torch.tensor(1.0 / math.sqrt(fan_in), dtype=torch.float32)
+        value.mul_(torch.tensor(1.0 / math.sqrt(fan_in), dtype=torch.float32))
     else:
-        value = noise * _SMALL
+        value.mul_(_SMALL)
         if len(shape) == 1 and key.endswith("weight"):
-            value = value + 1.0
+            value.add_(1.0)
     return value.to(dtype)
 
 

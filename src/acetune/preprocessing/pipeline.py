@@ -39,6 +39,7 @@ from acetune.preprocessing.samples import (
     song_rng,
 )
 from acetune.report import Report
+from acetune.sidecar_reader import INSTRUMENTAL
 from acetune.song import SongRecord
 
 logger = logging.getLogger(__name__)
@@ -201,7 +202,9 @@ def _fail(w: SongWork, report: Report, reason: str, fix: str = _FIX_ENCODE) -> N
 def _song_inputs(song: SongRecord, future: Future, enc: Encoders, s: Settings, report: Report) -> SongWork | None:
     """Phase 1 for one song: text-side inputs, then (audio from `future`) latents and SSL inputs."""
     tokens = enc.lyrics.tokenize_dataset_checked(song.norm_lyrics, song.keys)
-    warnings = [] if not song.norm_lyrics.strip() else list(tokens.warnings)
+    # an instrumental (no lyrics, or build-dataset's marker) is not worth a warning
+    instrumental = song.norm_lyrics.strip() in ("", INSTRUMENTAL)
+    warnings = [] if instrumental else list(tokens.warnings)
     try:
         st, windows = future.result()
     except AcetuneError as err:

@@ -1,0 +1,37 @@
+"""Tiny models in the official folder layouts for the preprocess tests (built once per session, on demand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def save_tiny_hubert(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide HubertModel (conv stride 320) saved with save_pretrained: stands in for MERT and mHuBERT."""
+    import torch
+    from transformers import HubertConfig, HubertModel
+
+    config = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                          feat_extract_norm="group", do_stable_layer_norm=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = HubertModel(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, golden) -> Path:
+    from acetune.models.v1.tiny import save_tiny_checkpoint
+
+    folder = tmp_path_factory.mktemp("ckpt") / "ACE-Step-v1-tiny"
+    return save_tiny_checkpoint(folder, transformer_overrides={"num_layers": 2},
+                                lyric_vocab=golden / "lyrics" / "vocab.json")
+
+
+@pytest.fixture(scope="session")
+def ssl_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("ssl")
+    return save_tiny_hubert(root / "mert", seed=1), save_tiny_hubert(root / "mhubert", seed=2)
