@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "selftest": ("acetune.stages.selftest", "check this implementation against golden reference vectors"),
     "preprocess": ("acetune.stages.preprocess", "encode the song dataset once into latents and embeddings for training"),
     "export": ("acetune.stages.export", "bake alpha, convert to ComfyUI keys, SVD-resize or merge a LoRA"),
+    "train": ("acetune.stages.train", "train a LoRA on the transformer from a preprocessed dataset"),
     "generate": ("acetune.stages.generate", "render a song from a prompt, lyrics and LoRAs to 48 kHz audio"),
 }
 

@@ -118,8 +118,9 @@ def test_every_column_matches_direct_encoder_calls(dataset, tmp_path, tiny_ckpt,
                                                                               rate * chunk_s)), 32)
             assert (got.int() - expected.int()).abs().max() <= 1  # quantisation of identical features
     alpha = rows["alpha"][schema.PROMPTS]
-    assert len(alpha) == 3 and all(sorted(p.split(", ")) == ["female vocals", "pop", "rock"] for p in alpha)
-    assert rows["beta"][schema.PROMPTS] == ["ambient piano", "slow"] or len(rows["beta"][schema.PROMPTS]) == 2
+    assert len(set(alpha)) == 4 and all(sorted(p.split(", ")) == ["female vocals", "pop", "rock"] for p in alpha)
+    assert sorted(rows["beta"][schema.PROMPTS]) == ["ambient piano, slow", "slow, ambient piano"]  # both orders
+    assert rows["gamma"][schema.PROMPTS] == ["music"]  # no caption: the reference's ["music"]
 
 
 def test_bad_song_reported_and_strict_exit(dataset, tmp_path, tiny_ckpt, capsys):
@@ -196,4 +197,11 @@ def test_remote_code_needs_the_flag(dataset, tmp_path, tiny_ckpt, ssl_dirs, caps
     assert preprocess("--input_name", dataset, "--output_name", out, "--checkpoint_dir", tiny_ckpt,
                       "--mert_dir", mert) == 1
     assert "--trust_remote_code" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_dry_run_writes_nothing(dataset, tmp_path, tiny_ckpt, capsys):
+    out = tmp_path / "prep"
+    assert preprocess("--input_name", dataset, "--output_name", out, "--checkpoint_dir", tiny_ckpt, "--dry_run") == 0
+    assert capsys.readouterr().out.count("would encode") == 3
     assert not out.exists()

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -241,7 +240,7 @@ class OpenAIChatBackend:
                                  path=self.endpoint, fix="check --server_url, --server_model and the API key") from None
             raise InputError(f"captioning server failed on this song (HTTP {e.code}: {detail})",
                              fix="see the server's log; rerun to retry") from None
-        except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as e:
             reason = getattr(e, "reason", e)
             raise UsageError(f"cannot reach the captioning server ({reason})", path=self.endpoint,
                              fix="start it (e.g. `llama-server -m Qwen2.5-Omni-7B-Q8_0.gguf --mmproj "

@@ -115,7 +115,8 @@ def parse_response(text: str) -> Caption:
     """A model answer (JSON as asked, or loose text) -> Caption with cleaned tags and lyrics."""
     data = _json_object(text)
     if data is None:  # free text: take comma/line separated pieces that survive the tag rules
-        return Caption(tags=clean_tags(re.split(r"[,;\n]", _FENCE.sub("", text))))
+        pieces = re.split(r"[,;\n]", _FENCE.sub("", text))
+        return Caption(tags=clean_tags(p.rsplit(":", 1)[-1] for p in pieces))  # "Here are tags: rock" -> "rock"
     raw: list[str] = []
     for name in TAG_FIELDS:
         values = _as_list(data.get(name, []))

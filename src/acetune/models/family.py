@@ -19,6 +19,7 @@ from acetune.errors import CheckpointError
 # name -> module defining `FAMILY` (imported lazily: a family may pull in heavy dependencies)
 _FAMILY_MODULES: dict[str, str] = {
     "ace-step-v1": "acetune.models.v1.family",
+    "acestep15": "acetune.models.v15.family",
 }
 
 

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,7 +179,8 @@ def caption_song(plan: Plan, backend, args: Args, report: Report) -> bool:
         report.add_error(e)
         return False
     finally:
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # long songs leave large activation blocks behind
     if plan.prompt is not None:
         if caption.tags:
             from acetune.captioning.tags import format_prompt
@@ -217,7 +219,7 @@ def run(args: Args) -> int:
     report.set("songs found", len(songs))
     print(f"caption: {len(songs)} songs in {args.data_dir}, {len(plans)} to process "
           f"(format {args.format}, tags {'on' if args.tags else 'off'}, lyrics {'on' if args.lyrics else 'off'})",
-          file=os.sys.stderr)
+          file=sys.stderr)
     if args.dry_run:
         for p in plans:
             names = [x.name for x in (p.prompt, p.lyrics, p.meta) if x is not None]

@@ -301,7 +301,7 @@ def finish(args: Args, report: Report, rows: int, seconds: float) -> int:
     mb_per_s = size / 1e6 / audio_s if audio_s else 0.0
     report.set("output rows", total_rows)
     report.set("output size (MB)", round(size / 1e6, 1))
-    report.set("MB per audio-second", round(mb_per_s, 4))
+    report.set("kB per audio-second", round(mb_per_s * 1000, 1))  # the summary prints one decimal
     report.print_summary()
     if args.report is not None:
         report.save(args.report)

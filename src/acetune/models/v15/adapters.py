@@ -1,0 +1,162 @@
+"""LoRA / LoKr adapters on `AceStepTransformer1DModel` and their export for diffusers and ComfyUI.
+
+Targets default to the official 1.5 trainer's (`acestep/training/configs.py` `LoRAConfig`:
+q_proj, k_proj, v_proj, o_proj of every DiT layer, self- and cross-attention), spelled with
+diffusers' names. Official defaults: r 8, alpha 16, dropout 0.1.
+
+Two files per adapter:
+
+- diffusers layout (`transformer.layers.N.self_attn.to_q.lora_A.weight`, peft config in the
+  safetensors metadata), written by `AceStepPipeline.save_lora_weights`, loaded by
+  `AceStepPipeline.load_lora_weights`. LoRA only: diffusers refuses keys without "lora".
+- ComfyUI layout (`/work/shared/facts/comfyui-lora.md`): the official 1.5 trainer's peft names,
+  `base_model.model.layers.N.self_attn.q_proj.lora_A.weight`, with peft's scale baked into the
+  weights and no `.alpha` (ComfyUI then applies scale 1.0, and diffusers' own converter for original
+  1.5 LoRAs reads the same file). LoKr keys (`lokr_w1`, `lokr_w2`, `lokr_w2_a`, ...) keep
+  LyCORIS names; the scale is baked into `lokr_w1` / `lokr_w1_a`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
+# diffusers module name -> original 1.5 name (ComfyUI, official trainer); MLP names are shared.
+_ORIGINAL_NAMES = {".to_q.": ".q_proj.", ".to_k.": ".k_proj.", ".to_v.": ".v_proj.", ".to_out.0.": ".o_proj."}
+COMFYUI_PREFIX = "base_model.model."
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def adapter_config(kind: str = "lora", rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+                   targets: tuple[str, ...] = LORA_TARGETS, use_rslora: bool = False):
+    """A peft config: `LoraConfig` (kind "lora") or `LoKrConfig` (kind "lokr", as Side-Step offers)."""
+    from peft import LoKrConfig, LoraConfig
+
+    if kind == "lora":
+        return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
+                          init_lora_weights=True, use_rslora=use_rslora)
+    if kind == "lokr":
+        return LoKrConfig(r=rank, alpha=alpha, module_dropout=dropout, target_modules=list(targets))
+    raise ValueError(f"unknown adapter kind {kind!r}")
+
+
+def add_adapter(transformer, config) -> list[torch.nn.Parameter]:
+    """Freeze `transformer`, inject the adapter (fp32 parameters), return the trainable parameters."""
+    transformer.requires_grad_(False)
+    transformer.add_adapter(config)
+    params = []
+    for name, p in transformer.named_parameters():
+        if "lora_" in name or "lokr_" in name:
+            p.data = p.data.float()
+            p.requires_grad_(True)
+            params.append(p)
+    return params
+
+
+def adapter_state(transformer, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """peft state dict of one adapter (`layers.0.self_attn.to_q.lora_A.weight`, ...), fp32 CPU."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
+    return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+
+
+def adapter_scale(config) -> float:
+    """peft's multiplier on B @ A (LoRA) or kron(w1, w2) (LoKr)."""
+    alpha = config.lora_alpha if hasattr(config, "lora_alpha") else config.alpha
+    return alpha / (config.r ** 0.5 if getattr(config, "use_rslora", False) else config.r)
+
+
+def save_diffusers_lora(transformer, folder: str | Path, config) -> Path:
+    """Write the diffusers-layout file `AceStepPipeline.load_lora_weights(folder)` reads; returns its path."""
+    from diffusers import AceStepPipeline
+
+    if not hasattr(config, "lora_alpha"):
+        raise ValueError("diffusers loads LoRA adapters only; export LoKr in the ComfyUI layout")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = json.loads(json.dumps(config.to_dict(), default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+    AceStepPipeline.save_lora_weights(folder, transformer_lora_layers=adapter_state(transformer),
+                                      weight_name=DIFFUSERS_WEIGHT_NAME, transformer_lora_adapter_metadata=meta)
+    return folder / DIFFUSERS_WEIGHT_NAME
+
+
+def original_name(key: str) -> str:
+    """diffusers module path -> the original 1.5 one (`layers.0.self_attn.to_out.0.x` -> `...o_proj.x`)."""
+    for new, old in _ORIGINAL_NAMES.items():
+        key = key.replace(new, old)
+    return key
+
+
+def comfyui_state(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """peft state dict -> ComfyUI 1.5 layout with the scale baked in (see module docstring)."""
+    scale = adapter_scale(config)
+    out = {}
+    for key, value in state.items():
+        value = value.float()
+        if ".lora_A." in key or ".lora_B." in key:
+            value = value * scale ** 0.5  # sqrt(s) on each factor: B A s = (sqrt(s) B)(sqrt(s) A)
+        elif key.endswith((".lokr_w1", ".lokr_w1_a")):
+            value = value * scale  # kron is linear in w1
+        out[COMFYUI_PREFIX + original_name(key)] = value.contiguous()
+    return out
+
+
+def save_comfyui(state: dict[str, torch.Tensor], path: str | Path, config) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(comfyui_state(state, config), str(tmp), metadata={"format": "pt", "acetune_family": "acestep15"})
+    tmp.replace(path)
+    return path
+
+
+def comfyui_deltas(state: dict[str, torch.Tensor], strength: float = 1.0) -> dict[str, torch.Tensor]:
+    """Weight deltas ComfyUI computes from a ComfyUI-layout file (its `.alpha`/rank rule; none = 1.0).
+
+    Returns original module path (`layers.0.self_attn.q_proj`) -> delta (out, in). Used to check the
+    export and to apply LoKr files, which diffusers cannot load.
+    """
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        module, _, leaf = key.removeprefix(COMFYUI_PREFIX).rpartition(".")
+        if leaf == "weight":  # lora_A.weight -> module ends in .lora_A
+            module, _, leaf = module.rpartition(".")
+        groups.setdefault(module, {})[leaf] = value.float()
+    deltas = {}
+    for module, g in groups.items():
+        if "lora_A" in g:
+            delta, dim = g["lora_B"] @ g["lora_A"], g["lora_A"].shape[0]
+        else:
+            w1 = g["lokr_w1"] if "lokr_w1" in g else g["lokr_w1_a"] @ g["lokr_w1_b"]
+            w2 = g["lokr_w2"] if "lokr_w2" in g else g["lokr_w2_a"] @ g["lokr_w2_b"]
+            dim = g["lokr_w2_b"].shape[0] if "lokr_w2_b" in g else g["lokr_w1_b"].shape[0] if "lokr_w1_b" in g else None
+            delta = torch.kron(w1, w2)
+        alpha = g["alpha"].item() / dim if "alpha" in g and dim else 1.0
+        deltas[module] = strength * alpha * delta
+    return deltas
+
+
+def diffusers_name(original: str) -> str:
+    for new, old in _ORIGINAL_NAMES.items():
+        original = (original + ".").replace(old, new).rstrip(".")
+    return original
+
+
+@torch.no_grad()
+def merge_comfyui_file(transformer, path: str | Path, strength: float = 1.0) -> int:
+    """Add a ComfyUI-layout LoRA/LoKr file's deltas into `transformer`'s weights; returns modules merged."""
+    from safetensors.torch import load_file
+
+    modules = dict(transformer.named_modules())
+    deltas = comfyui_deltas(load_file(str(path)), strength)
+    for name, delta in deltas.items():
+        linear = modules[diffusers_name(name)]
+        linear.weight += delta.to(linear.weight)
+    return len(deltas)

@@ -1,0 +1,313 @@
+"""Train a LoRA on the transformer from a preprocessed dataset (`acetune preprocess` output).
+
+Accepts the woct0rdho fork's `trainer_new.py` flags (and the upstream `trainer.py` ones that still
+mean something); see docs/train.md for every flag and the migration table. Checkpoints go to
+`--output_dir/step-NNNNNN/` (LoRA in the ComfyUI-loadable peft layout + everything a resume needs);
+`--resume` continues from the newest one exactly.
+
+Several GPUs: `accelerate launch --num_processes N -m acetune train ...` (DDP).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from acetune.cli import arg
+from acetune.errors import TrainingError, UsageError
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES = """examples:
+  acetune train --dataset_path data/prep --checkpoint_dir ACE-Step-v1-3.5B --max_steps 2000
+  # the fork's command line works as is:
+  python trainer_new.py --dataset_path data/prep --checkpoint_dir ckpt --lora_config_path config/lora_config.json \\
+      --learning_rate 1e-4 --max_steps 5000 --every_n_train_steps 500 --exp_name mystyle
+  # continue a killed run exactly where its last checkpoint left it:
+  acetune train --config run.yaml --resume
+  # does this dataset + model learn at all? (one song, loss must fall 10x)
+  acetune train --dataset_path data/prep --checkpoint_dir ckpt --overfit_check
+  # 12 GB GPU: int8 base weights
+  acetune train --dataset_path data/prep --checkpoint_dir ckpt --int8
+"""
+
+DEFAULT_LORA_CONFIG = "config/lora_config_transformer_only.json"
+# Used when DEFAULT_LORA_CONFIG is not found relative to the working directory (pip installs):
+# the same content as that file.
+BUILTIN_LORA_CONFIG = {"r": 64, "lora_alpha": 1, "use_rslora": True, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
+PRECISIONS = {  # flag -> (compute dtype, LoRA dtype, autocast)
+    "bf16-mixed": (torch.bfloat16, torch.float32, True),
+    "bf16": (torch.bfloat16, torch.bfloat16, True),
+    "bf16-true": (torch.bfloat16, torch.bfloat16, True),
+    "32": (torch.float32, torch.float32, False),
+    "32-true": (torch.float32, torch.float32, False),
+    "fp32": (torch.float32, torch.float32, False),
+}
+
+
+@dataclass
+class Args:
+    dataset_path: str = arg(help="preprocessed dataset folder (`acetune preprocess --output_dir`)")
+    checkpoint_dir: str = arg(help="ACE-Step checkpoint folder (ace_step_transformer/, music_dcae_f8c8/, ...)")
+    lora_config_path: str = arg(DEFAULT_LORA_CONFIG, help="peft LoraConfig JSON (r, lora_alpha, target_modules, "
+                                "use_rslora); add linear_q/linear_k/linear_v to adapt the lyric encoder too")
+    output_dir: str = arg("", help="where step-NNNNNN/ checkpoints and logs go (default: checkpoints/<exp_name>)")
+    exp_name: str = arg("acetune_lora", help="run name (wandb run, default output folder)")
+    # optimisation
+    learning_rate: float = arg(1e-4, help="peak learning rate (Prodigy: a multiplier, usually 1.0)")
+    weight_decay: float = arg(1e-2, help="decoupled weight decay")
+    optimizer: str = arg("adamw", choices=("adamw", "prodigy"), help="AdamW (betas 0.8, 0.9 as the fork) or Prodigy")
+    max_steps: int = arg(10000, help="optimizer steps to train (the LR reaches its floor here)")
+    epochs: int = arg(-1, help="stop after this many passes over the data (-1: only --max_steps)")
+    warmup_steps: int = arg(10, help="linear LR warmup, in optimizer steps")
+    accumulate_grad_batches: int = arg(1, help="micro-batches per optimizer step")
+    gradient_clip_val: float = arg(1.0, help="clip the gradient norm to this (0: off)")
+    gradient_clip_algorithm: str = arg("norm", choices=("norm",), help="only norm clipping (the fork's default)")
+    batch_size: int = arg(1, help="samples per micro-batch (per process)")
+    num_workers: int = arg(0, help="DataLoader worker processes")
+    seed: int = arg(42, help="seed of everything (LoRA init, noise, timesteps, data order, dropout)")
+    # the objective
+    shift: float = arg(3.0, help="flow-matching schedule shift")
+    ssl_coeff: float = arg(1.0, help="weight of the SSL (MERT/mHuBERT) projection losses; 0 drops the projectors")
+    text_dropout: float = arg(0.15, help="probability of training without the prompt (upstream trainer.py)")
+    speaker_dropout: float = arg(0.5, help="probability of training without the speaker embedding")
+    lyrics_dropout: float = arg(0.15, help="probability of training without the lyrics")
+    # model
+    precision: str = arg("bf16-mixed", choices=tuple(PRECISIONS), help="bf16-mixed: bf16 base weights, fp32 LoRA, "
+                         "bf16 autocast; bf16: LoRA in bf16 too; 32: everything fp32")
+    int8: bool = arg(False, help="int8 base weights of the transformer's linear layers (optimum-quanto)")
+    gradient_checkpointing: bool = arg(True, help="recompute each block in the backward pass (much less memory)")
+    train_lyrics_embedder: bool = arg(False, help="also train the lyric embedding, Conformer and projection fully")
+    init_lora: str = arg("", help="start from this LoRA (.safetensors or a checkpoint folder; any key style)")
+    cache_lyrics: bool = arg(True, help="encode each song's lyrics once (when no trainable weight is in the lyric "
+                             "encoder) instead of every step; the cached output has no Conformer dropout")
+    device: str = arg("auto", help="auto, cpu, cuda, cuda:1 ... (under accelerate launch: set by the launcher)")
+    # checkpoints, logs
+    every_n_train_steps: int = arg(100, help="save a checkpoint every N optimizer steps (and at the end)")
+    save_last: int = arg(5, help="keep the newest N checkpoints (0: keep all)")
+    resume: bool = arg(False, help="continue from the newest checkpoint in --output_dir (exactly)")
+    resume_from: str = arg("", help="continue from this step-NNNNNN folder", aliases=("--ckpt_path",))
+    logger: str = arg("tensorboard", choices=("tensorboard", "wandb", "none"), help="metrics logger "
+                      "(wandb honours WANDB_MODE=offline)")
+    logger_dir: str = arg("", help="log folder (default: <output_dir>/logs)")
+    overfit_check: bool = arg(False, help="instead of training: fit the first song with fixed noise and report "
+                              "whether the loss falls 10x (within 300 steps)")
+    # validation renders
+    validation_prompt: list[str] = arg(default_factory=list, help="caption(s) to render during training")
+    validation_lyrics: list[str] = arg(default_factory=list, help="lyrics: one for all prompts or one per prompt")
+    validation_duration: float = arg(30.0, help="seconds per validation render")
+    validation_every: int = arg(0, help="render every N steps (0: only at step 0)")
+    validation_seed: int = arg(42, help="prompt i renders with seed + i")
+    # accepted for command-line compatibility with the reference trainers; no effect
+    every_plot_step: int = arg(0, help="ignored (upstream plots; use --validation_prompt)")
+    val_check_interval: int | None = arg(None, help="ignored (the fork has no validation loader)")
+    devices: int = arg(1, help="ignored: use `accelerate launch --num_processes N`")
+    num_nodes: int = arg(1, help="ignored: use `accelerate launch`")
+    reload_dataloaders_every_n_epochs: int = arg(0, help="ignored")
+
+    def __post_init__(self):
+        problems = []
+        for name in ("max_steps", "accumulate_grad_batches", "batch_size", "every_n_train_steps"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name} must be >= 1")
+        for name in ("warmup_steps", "num_workers", "save_last", "validation_every"):
+            if getattr(self, name) < 0:
+                problems.append(f"--{name} must be >= 0")
+        if self.epochs == 0 or self.epochs < -1:
+            problems.append("--epochs must be >= 1, or -1 for no limit")
+        for name in ("text_dropout", "speaker_dropout", "lyrics_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"--{name} must be in [0, 1]")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            problems.append("--learning_rate must be > 0")
+        if self.gradient_clip_val < 0 or self.ssl_coeff < 0:
+            problems.append("--gradient_clip_val and --ssl_coeff must be >= 0")
+        if self.resume and self.resume_from:
+            problems.append("--resume and --resume_from both given; choose one")
+        if self.validation_lyrics and not self.validation_prompt:
+            problems.append("--validation_lyrics needs --validation_prompt")
+        if problems:
+            raise UsageError("; ".join(problems))
+        if not self.output_dir:
+            self.output_dir = str(Path("checkpoints") / self.exp_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup
+# ---------------------------------------------------------------------------------------------
+
+
+def _device(args: Args, accelerator) -> torch.device:
+    if accelerator.num_processes > 1 or args.device == "auto":
+        return accelerator.device
+    return torch.device(args.device)
+
+
+def _lora_config(args: Args) -> dict:
+    from acetune.training.lora import load_lora_config
+
+    path = Path(args.lora_config_path)
+    if not path.is_file() and args.lora_config_path == DEFAULT_LORA_CONFIG:
+        logger.info("%s not found here; using the built-in transformer-only config", path)
+        return dict(BUILTIN_LORA_CONFIG)
+    return load_lora_config(path)
+
+
+def check_dataset(meta, family, checkpoint_dir: Path, dataset_path: str) -> None:
+    """Refuse a dataset preprocessed for another model family or another transformer config."""
+    if meta.family != family.name:
+        raise TrainingError(f"dataset was preprocessed for {meta.family}, the checkpoint is {family.name}",
+                            path=dataset_path, fix="preprocess the songs with this checkpoint")
+    expected = family.config_hash(checkpoint_dir)
+    if meta.checkpoint_hash != expected:
+        raise TrainingError(f"dataset was preprocessed for transformer config {meta.checkpoint_hash}, this "
+                            f"checkpoint is {expected}", path=dataset_path,
+                            fix="preprocess the songs again with this --checkpoint_dir")
+
+
+def quantize_int8(model: torch.nn.Module) -> int:
+    """int8 weights for every Linear of the transformer blocks (optimum-quanto); returns the count."""
+    try:
+        from optimum.quanto import freeze, qint8, quantize
+    except ImportError as err:
+        raise UsageError("--int8 needs optimum-quanto", fix="pip install optimum-quanto") from err
+    quantize(model.transformer_blocks, weights=qint8)
+    freeze(model.transformer_blocks)
+    return sum(1 for m in model.transformer_blocks.modules() if type(m).__name__ == "QLinear")
+
+
+def build_run(args: Args, echo=print):
+    """Load everything `fit` needs: model + LoRA, dataset, caches, optimizer, schedule, logger."""
+    from accelerate import Accelerator
+
+    from acetune.models.family import detect_family
+    from acetune.schema import load_dataset
+    from acetune.training import checkpoint as ckpt
+    from acetune.training.data import ConditionDropout, LyricCache, SongDataset
+    from acetune.training.lora import add_lora, init_lora_from_file, touches_lyric_encoder
+    from acetune.training.loggers import MetricsLogger, build_logger
+    from acetune.training.loop import LoopConfig, TrainRun
+    from acetune.training.optim import build_lr_scheduler, build_optimizer, optimizer_advice
+    from acetune.training.resume import seed_everything
+
+    checkpoint_dir = Path(args.checkpoint_dir)
+    family = detect_family(checkpoint_dir)
+    hf_dataset, meta = load_dataset(args.dataset_path)
+    check_dataset(meta, family, checkpoint_dir, args.dataset_path)
+    lora_config = _lora_config(args)
+    compute_dtype, lora_dtype, autocast = PRECISIONS[args.precision]
+
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    device = _device(args, accelerator)
+    seed_everything(args.seed)
+    model = family.load_transformer(checkpoint_dir, dtype=compute_dtype, device=device, drop_unused=True)
+    use_ssl = bool(meta.ssl_names) and args.ssl_coeff > 0
+    if args.int8:
+        quantize_int8(model)
+    if args.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    setup = add_lora(model, lora_config, train_lyrics_embedder=args.train_lyrics_embedder, lora_dtype=lora_dtype)
+    if args.init_lora:
+        count = init_lora_from_file(model, args.init_lora, setup)
+        echo(f"initialised {count} LoRA modules from {args.init_lora}")
+    model.train()
+
+    dataset = SongDataset(hf_dataset, meta, use_ssl=use_ssl)
+    validation = None
+    if args.validation_prompt:
+        from acetune.training.validation import ValidationSpec
+
+        validation = ValidationSpec(prompts=args.validation_prompt, lyrics=(args.validation_lyrics[0] if len(
+            args.validation_lyrics) == 1 else args.validation_lyrics or ""), duration=args.validation_duration,
+            seed=args.validation_seed, every=args.validation_every)
+    cache = None
+    if args.cache_lyrics and not touches_lyric_encoder(model):
+        cache = LyricCache()
+        cache.fill(model, (dataset[i] for i in range(len(dataset))), device, compute_dtype)
+    freed = family.prepare_for_training(model, use_ssl=use_ssl, drop_lyric_path=cache is not None and validation is None)
+
+    optimizer = build_optimizer(setup.params, args.optimizer, lr=args.learning_rate, weight_decay=args.weight_decay)
+    for tip in optimizer_advice(args.optimizer, args.learning_rate, args.warmup_steps):
+        logger.warning(tip)
+    scheduler = build_lr_scheduler(optimizer, args.warmup_steps, args.max_steps, optimizer_name=args.optimizer)
+
+    output_dir = Path(args.output_dir)
+    resume_from = None
+    if args.resume_from:
+        resume_from = Path(args.resume_from)
+    elif args.resume:
+        resume_from = ckpt.find_latest_checkpoint(output_dir)
+        if resume_from is None:
+            echo(f"--resume: no checkpoint in {output_dir} yet; starting from step 0")
+    metrics = MetricsLogger()
+    train_config = {**asdict(args), "family": family.name, "dataset_hash": meta.checkpoint_hash}
+    if accelerator.is_main_process and not args.overfit_check:
+        metrics = build_logger(args.logger, args.logger_dir or output_dir / "logs", run_name=args.exp_name,
+                               config=train_config)
+    loop_config = LoopConfig(
+        output_dir=output_dir, max_steps=args.max_steps, epochs=args.epochs, batch_size=args.batch_size,
+        num_workers=args.num_workers, accumulate_grad_batches=args.accumulate_grad_batches,
+        gradient_clip_val=args.gradient_clip_val, shift=args.shift, ssl_coeff=args.ssl_coeff if use_ssl else 0.0,
+        every_n_train_steps=args.every_n_train_steps, save_last=args.save_last, seed=args.seed,
+        dropout=ConditionDropout(args.text_dropout, args.speaker_dropout, args.lyrics_dropout),
+        compute_dtype=compute_dtype, autocast=autocast, resume_from=resume_from, validation=validation,
+        validation_parts={"checkpoint_dir": checkpoint_dir} if validation else None,
+    )
+    run = TrainRun(model=model, family=family, setup=setup, dataset=dataset, optimizer=optimizer, scheduler=scheduler,
+                   accelerator=accelerator, config=loop_config, metrics=metrics, lyric_cache=cache,
+                   train_config=train_config, echo=echo if accelerator.is_main_process else (lambda _: None))
+    return run, freed
+
+
+def header(run, freed: dict[str, int], args: Args) -> list[str]:
+    """The opening block: what is trained on what, and the numbers that decide time and memory."""
+    trainable = sum(p.numel() for p in run.setup.params)
+    resident = sum(p.numel() for p in run.model.parameters())
+    cfg = run.config
+    world = run.accelerator.num_processes
+    lines = [
+        "***** acetune train *****",
+        f"  family {run.family.name}, {len(run.dataset)} samples, SSL: {', '.join(run.dataset.ssl_names) or 'off'}",
+        f"  steps {cfg.max_steps}, batch {cfg.batch_size} x {cfg.accumulate_grad_batches} accumulation x "
+        f"{world} process(es), lr {args.learning_rate} ({args.optimizer}, warmup {args.warmup_steps})",
+        f"  LoRA r {run.setup.config['r']}, alpha {run.setup.config.get('lora_alpha', 8)}, "
+        f"{'rsLoRA, ' if run.setup.config.get('use_rslora') else ''}targets {', '.join(run.setup.config['target_modules'])}"
+        f": {trainable:,} trainable of {resident:,} resident parameters",
+        f"  precision {args.precision}{', int8 base weights' if args.int8 else ''}, device {run.accelerator.device}"
+        f", lyrics cached: {'yes' if run.lyric_cache is not None else 'no'}",
+        "  freed: " + (", ".join(f"{k} {v / 1e6:.1f}M params" for k, v in freed.items()) or "nothing"),
+        f"  checkpoints: {cfg.output_dir} every {cfg.every_n_train_steps} steps, keep {cfg.save_last or 'all'}",
+    ]
+    return lines
+
+
+def run(args: Args) -> int:
+    from acetune.training.loop import fit, overfit_check
+
+    run_, freed = build_run(args)
+    echo = run_.echo
+    for line in header(run_, freed, args):
+        echo(line)
+    if args.overfit_check:
+        result = overfit_check(run_)
+        verdict = "PASSED" if result["passed"] else "FAILED"
+        echo(f"overfit check {verdict}: denoising loss {result['first']:.4f} -> {result['last']:.4f} "
+             f"({result['ratio']:.1f}x) in {result['steps']} steps")
+        return 0 if result["passed"] else 1
+    try:
+        summary = fit(run_)
+    finally:
+        run_.metrics.close()
+    first = "-" if summary["first_loss"] is None else f"{summary['first_loss']:.4f}"
+    last = "-" if summary["last_loss"] is None else f"{summary['last_loss']:.4f}"
+    echo(f"done: step {summary['steps']} ({summary['steps_this_run']} this run, {summary['seconds']:.1f} s, "
+         f"{summary['seconds_per_step']:.3f} s/step), loss {first} -> {last}, "
+         f"processes {summary['processes']}, replicas in sync: {'yes' if summary['replicas_in_sync'] else 'NO'}")
+    echo(f"last checkpoint: {summary['checkpoint']}")
+    if not summary["replicas_in_sync"]:
+        raise TrainingError("the processes ended with different LoRA weights", fix="report this with the command line")
+    return 0
