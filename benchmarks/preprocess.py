@@ -73,10 +73,10 @@ def official_shapes(root: Path, seconds: float = 60.0) -> list[tuple[str, float]
         tensors = {schema.LATENTS: torch.randn(8, 16, frames), schema.TEXT_EMBEDS: torch.randn(4, 40, 768),
                    schema.TEXT_MASK: torch.ones(4, 40), schema.SPEAKER_EMB: torch.zeros(512)}
         if ssl_names:
-            tensors["ssl.mert"] = schema.quantize_ssl(torch.randn(int(seconds * 75), 1024))
-            tensors["ssl.m-hubert"] = schema.quantize_ssl(torch.randn(int(seconds * 50), 768))
+            tensors["ssl.mert"] = torch.randn(int(seconds * 75), 1024)
+            tensors["ssl.m-hubert"] = torch.randn(int(seconds * 50), 768)
         for name, t in tensors.items():
-            row[name], row[schema.shape_column(name)] = schema.encode_blob(t, schema.blob_dtype(name, "float16"))
+            row[name], row[schema.shape_column(name)] = schema.encode_column(name, t, "float16")
         out = root / label.replace(" ", "_").replace(",", "")
         rows = [dict(row, **{schema.KEY: f"song{i}"}) for i in range(8)]
         store.write_part(out, "s000of001", rows, ssl_names)

@@ -15,11 +15,25 @@ def test_blob_round_trip_each_dtype():
 
 
 def test_ssl_quantization_keeps_direction():
-    x = torch.randn(40, 64) * torch.rand(40, 1) * 50
+    x = torch.randn(40, 1024) * torch.rand(40, 1) * 50
     q = schema.quantize_ssl(x)
-    assert q.dtype == torch.int8 and q.abs().max() == 127
+    assert q.dtype == torch.int8 and q.abs().max() == schema.SSL_LEVELS
     cos = torch.nn.functional.cosine_similarity(q.float(), x, dim=-1)
     assert cos.min() > 0.999
+
+
+def test_int6_packing_round_trip_and_size():
+    for n in (1, 3, 4, 7, 4096):
+        q = torch.randint(-31, 32, (n,), dtype=torch.int8)
+        data = schema.pack_int6(q)
+        assert len(data) == 3 * ((n + 3) // 4)
+        assert torch.equal(schema.unpack_int6(data, [n]), q)
+    x = torch.randn(75, 1024)
+    data, shape = schema.encode_column("ssl.mert", x, "float16")
+    assert shape == [75, 1024] and len(data) == 75 * 1024 * 3 // 4
+    row = {"ssl.mert": data, "ssl.mert.shape": shape}
+    back = schema.row_tensor(row, "ssl.mert", "float16")
+    assert torch.nn.functional.cosine_similarity(back.float(), x, dim=-1).min() > 0.999
 
 
 def test_blobs_are_stored_as_16_bit_on_disk(tmp_path):

@@ -29,11 +29,13 @@ Per row (one song, or one window of a song with `--split`), v1 family:
 | lyric_ids              | list[int32]  | (L,)                   | lyric token ids (dataset path)        |
 | lyrics_warning         | string       |                        | tokenizer warning, "" if none         |
 | speaker_emb            | blob (store) | (512,)                 | speaker embedding (zeros if none)     |
-| ssl.mert / ssl.m-hubert| blob (int8)  | (T_ssl, D)             | SSL targets (optional, see below)     |
+| ssl.mert / ssl.m-hubert| blob (6-bit) | (T_ssl, D)             | SSL targets (optional, see below)     |
 
 SSL targets only enter the loss through their per-frame direction (cosine similarity, golden
-README "SSL projection losses"), so they are stored as int8 `round(127 · x / max|x|)` per frame,
-without the scale: 4x smaller than fp32 and exact up to the cosine's invariance to scale.
+README "SSL projection losses"), so they are stored as `round(31 · x / max|x|)` per frame, without
+the scale, packed 6 bits per value (4 values in 3 bytes): 5.3x smaller than fp32, and the stored
+direction's cosine to the original is > 0.999 (tests). SSL features are 98.8% of the fork's bytes,
+so this is what brings a song with MERT + mHuBERT under 0.1 MB per audio-second.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ SSL_NAMES = ("mert", "m-hubert")  # the transformer's ssl_names, in its order
 
 BLOB_COLUMNS = (LATENTS, TEXT_EMBEDS, TEXT_MASK, SPEAKER_EMB) + tuple(SSL_PREFIX + n for n in SSL_NAMES)
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-_FIXED_BLOB_DTYPE = {TEXT_MASK: torch.int8, **{SSL_PREFIX + n: torch.int8 for n in SSL_NAMES}}
+_FIXED_BLOB_DTYPE = {TEXT_MASK: torch.int8}
 
 
 def shape_column(name: str) -> str:
@@ -101,13 +103,55 @@ def features(ssl_names: tuple[str, ...] = ()):
 
 
 def blob_dtype(name: str, storage: str) -> torch.dtype:
+    """dtype of a non-SSL blob column (SSL columns are 6-bit packed: `encode_column`)."""
     return _FIXED_BLOB_DTYPE.get(name, STORAGE_DTYPES[storage])
 
 
+SSL_LEVELS = 31  # 6-bit signed levels per SSL value
+
+
+def is_ssl_column(name: str) -> bool:
+    return name.startswith(SSL_PREFIX)
+
+
 def quantize_ssl(x: torch.Tensor) -> torch.Tensor:
-    """(T, D) float -> int8 per-frame direction, `round(127 · x / max|x|)` (scale dropped on purpose)."""
+    """(T, D) float -> int8 per-frame direction in [-31, 31] (scale dropped on purpose: cosine loss)."""
     peak = x.float().abs().amax(dim=-1, keepdim=True).clamp_min(1e-12)
-    return torch.round(x.float() / peak * 127).to(torch.int8)
+    return torch.round(x.float() / peak * SSL_LEVELS).to(torch.int8)
+
+
+def pack_int6(q: torch.Tensor) -> bytes:
+    """int8 values in [-31, 31] -> 6 bits each, 4 values per 3 bytes (zero-padded at the end)."""
+    u = (q.detach().cpu().reshape(-1).numpy().astype(np.int16) + 32).astype(np.uint8)
+    if u.size and (u.min() < 1 or u.max() > 63):
+        raise ValueError("pack_int6 takes values in [-31, 31]")
+    u = np.concatenate([u, np.full((-u.size) % 4, 32, np.uint8)]).reshape(-1, 4)
+    out = np.empty((u.shape[0], 3), np.uint8)
+    out[:, 0] = (u[:, 0] << 2) | (u[:, 1] >> 4)
+    out[:, 1] = ((u[:, 1] & 0x0F) << 4) | (u[:, 2] >> 2)
+    out[:, 2] = ((u[:, 2] & 0x03) << 6) | u[:, 3]
+    return out.tobytes()
+
+
+def unpack_int6(data: bytes, shape) -> torch.Tensor:
+    """Inverse of `pack_int6` -> int8 tensor of `shape`."""
+    b = np.frombuffer(data, np.uint8).reshape(-1, 3)
+    u = np.empty((b.shape[0], 4), np.uint8)
+    u[:, 0] = b[:, 0] >> 2
+    u[:, 1] = ((b[:, 0] & 0x03) << 4) | (b[:, 1] >> 4)
+    u[:, 2] = ((b[:, 1] & 0x0F) << 2) | (b[:, 2] >> 6)
+    u[:, 3] = b[:, 2] & 0x3F
+    n = int(np.prod(shape)) if len(shape) else 1
+    v = u.reshape(-1)[:n].astype(np.int16) - 32
+    return torch.from_numpy(v.astype(np.int8)).reshape(list(shape))
+
+
+def encode_column(name: str, t: torch.Tensor, storage: str) -> tuple[bytes, list[int]]:
+    """Tensor of blob column `name` -> (bytes, shape) as stored; SSL columns take float features."""
+    if is_ssl_column(name):
+        q = quantize_ssl(t)
+        return pack_int6(q), list(q.shape)
+    return encode_blob(t, blob_dtype(name, storage))
 
 
 def encode_blob(t: torch.Tensor, dtype: torch.dtype) -> tuple[bytes, list[int]]:
@@ -134,7 +178,10 @@ def row_tensor(row: dict, name: str, storage: str) -> torch.Tensor | None:
     data = row.get(name)
     if data is None or len(data) == 0:
         return None
-    return decode_blob(data, row[shape_column(name)], blob_dtype(name, storage))
+    shape = row[shape_column(name)]
+    if is_ssl_column(name):
+        return unpack_int6(data, shape)
+    return decode_blob(data, shape, blob_dtype(name, storage))
 
 
 @dataclass

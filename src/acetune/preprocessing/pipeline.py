@@ -247,10 +247,11 @@ def _song_inputs(song: SongRecord, future: Future, enc: Encoders, s: Settings, r
 
 
 def _blob(row: dict, name: str, t: torch.Tensor, storage: str) -> None:
-    dtype = schema.blob_dtype(name, storage)
-    if dtype.is_floating_point and not torch.isfinite(t.to(dtype)).all():
-        raise OverflowError(f"{name} has values outside the {storage} range")
-    data, shape = schema.encode_blob(t, dtype)
+    if not schema.is_ssl_column(name):
+        dtype = schema.blob_dtype(name, storage)
+        if dtype.is_floating_point and not torch.isfinite(t.to(dtype)).all():
+            raise OverflowError(f"{name} has values outside the {storage} range")
+    data, shape = schema.encode_column(name, t, storage)
     row[name] = data
     row[schema.shape_column(name)] = shape
 

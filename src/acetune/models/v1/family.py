@@ -80,10 +80,10 @@ class V1Family:
         def count(modules) -> int:
             return sum(p.numel() for m in modules if m is not None for p in m.parameters())
 
-        freed = {}
-        before = count([model])
+        # add_q/k/v_proj and to_add_out: 4 x (W^2 + W) per block, whether dropped here or never loaded
+        width = model.inner_dim
+        freed = {"cross_attn.add_*": 4 * (width * width + width) * len(model.transformer_blocks)}
         model.drop_unused_projections()
-        freed["cross_attn.add_*"] = before - count([model])
         if not use_ssl and len(model.projectors):
             freed["projectors"] = count([model.projectors])
             model.projectors = torch.nn.ModuleList()

@@ -30,7 +30,7 @@ ENDOFTEXT = "<|endoftext|>"  # Qwen3's end/pad token; the 1.5 prompt templates s
 
 def tiny_transformer_config() -> dict:
     """`AceStepTransformer1DModel` kwargs: in_channels = src latents + chunk mask + noisy latents."""
-    return dict(hidden_size=TINY_HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+    return dict(hidden_size=TINY_HIDDEN, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
                 num_key_value_heads=1, head_dim=16, in_channels=3 * TINY_ACOUSTIC_DIM,
                 audio_acoustic_hidden_dim=TINY_ACOUSTIC_DIM, patch_size=2, sliding_window=8,
                 is_turbo=True, model_version="turbo")
