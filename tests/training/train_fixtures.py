@@ -25,9 +25,12 @@ def make_checkpoint(folder: Path) -> Path:
 def make_dataset(folder: Path, checkpoint: Path, *, songs: int = 3, frames: tuple[int, ...] = (24, 17, 30),
                  variants: int = 2, ssl: bool = False, seed: int = 0) -> Path:
     """Write `songs` rows (latent widths cycling through `frames`) as one finished part."""
+    import datasets
     from datasets import Dataset
 
     from acetune import schema
+
+    datasets.disable_progress_bars()
     from acetune.models.v1.family import FAMILY
     from acetune.models.v1.loading import read_config
 

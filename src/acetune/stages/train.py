@@ -142,9 +142,8 @@ class Args:
 
 
 def _device(args: Args, accelerator) -> torch.device:
-    if accelerator.num_processes > 1 or args.device == "auto":
-        return accelerator.device
-    return torch.device(args.device)
+    device = accelerator.device if accelerator.num_processes > 1 or args.device == "auto" else torch.device(args.device)
+    return torch.device("cpu") if device.type == "cpu" else device  # accelerate says "cpu:0" under DDP
 
 
 def _lora_config(args: Args) -> dict:
@@ -255,7 +254,7 @@ def build_run(args: Args, echo=print):
         every_n_train_steps=args.every_n_train_steps, save_last=args.save_last, seed=args.seed,
         dropout=ConditionDropout(args.text_dropout, args.speaker_dropout, args.lyrics_dropout),
         compute_dtype=compute_dtype, autocast=autocast, resume_from=resume_from, validation=validation,
-        validation_parts={"checkpoint_dir": checkpoint_dir} if validation else None,
+        validation_parts={"checkpoint_dir": checkpoint_dir} if validation else None, device=device,
     )
     run = TrainRun(model=model, family=family, setup=setup, dataset=dataset, optimizer=optimizer, scheduler=scheduler,
                    accelerator=accelerator, config=loop_config, metrics=metrics, lyric_cache=cache,
@@ -277,9 +276,9 @@ def header(run, freed: dict[str, int], args: Args) -> list[str]:
         f"  LoRA r {run.setup.config['r']}, alpha {run.setup.config.get('lora_alpha', 8)}, "
         f"{'rsLoRA, ' if run.setup.config.get('use_rslora') else ''}targets {', '.join(run.setup.config['target_modules'])}"
         f": {trainable:,} trainable of {resident:,} resident parameters",
-        f"  precision {args.precision}{', int8 base weights' if args.int8 else ''}, device {run.accelerator.device}"
+        f"  precision {args.precision}{', int8 base weights' if args.int8 else ''}, device {run.config.device}"
         f", lyrics cached: {'yes' if run.lyric_cache is not None else 'no'}",
-        "  freed: " + (", ".join(f"{k} {v / 1e6:.1f}M params" for k, v in freed.items()) or "nothing"),
+        "  freed: " + (", ".join(f"{k} {v:,} params" for k, v in freed.items()) or "nothing"),
         f"  checkpoints: {cfg.output_dir} every {cfg.every_n_train_steps} steps, keep {cfg.save_last or 'all'}",
     ]
     return lines

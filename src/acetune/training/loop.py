@@ -64,6 +64,7 @@ class LoopConfig:
     resume_from: Path | None = None  # a checkpoint folder
     validation: object | None = None  # training.validation.ValidationSpec
     validation_parts: dict | None = None  # V1Generator arguments (checkpoint_dir, ...)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 @dataclass
@@ -166,8 +167,10 @@ def fit(run: TrainRun) -> dict:
     non-finite loss (the newest checkpoint is the last good one; nothing is saved after it)."""
     cfg, acc = run.config, run.accelerator
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
-    device = acc.device
-    step_module = acc.prepare_model(StepModule(run.model, run.family, cfg.shift, cfg.ssl_coeff))
+    device = cfg.device
+    step_module = StepModule(run.model, run.family, cfg.shift, cfg.ssl_coeff)
+    if world > 1:  # DDP (gloo on CPU, NCCL on GPUs); the model is already on its device
+        step_module = acc.prepare_model(step_module, device_placement=False)
     ssl_names = run.dataset.ssl_names if cfg.ssl_coeff > 0 else ()
 
     step = micro = 0
@@ -272,7 +275,7 @@ def overfit_check(run: TrainRun, max_steps: int = OVERFIT_MAX_STEPS, factor: flo
     A setup that cannot do this (frozen LoRA, broken data, wrong loss) cannot learn a style either.
     Returns {"passed", "first", "last", "ratio", "steps"}.
     """
-    cfg, device = run.config, run.accelerator.device
+    cfg, device = run.config, run.config.device
     sample = run.dataset[0]
     ssl_names = run.dataset.ssl_names if cfg.ssl_coeff > 0 else ()
     batch = batch_to(make_batch([sample], variant=0, lyric_cache=run.lyric_cache, ssl_names=ssl_names),

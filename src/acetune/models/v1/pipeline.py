@@ -14,7 +14,7 @@ ceil(frames · 4096 · 48000 / 44100) samples: at most one latent frame (92.9 ms
 
 Memory: with `free_encoders=True` the UMT5 encoder is loaded, used and freed before sampling, and
 the codec is loaded only for decoding, so the peak is the transformer plus the larger of UMT5
-(~1.1 GB in bf16) and the codec with its bounded decode buffer (512-latent-frame DCAE windows,
+(about 1 GB in bf16) and the codec with its bounded decode buffer (512-latent-frame DCAE windows,
 1024-mel-frame vocoder windows, one channel at a time).
 """
 

@@ -59,7 +59,7 @@ class SongText:
 class EncodedSong:
     """Preprocessed tensors of one song (sequence-first, batch dim dropped)."""
 
-    latents: torch.Tensor  # (T, C) VAE posterior sample, 25 Hz
+    latents: torch.Tensor  # (C, T) VAE posterior sample, 25 Hz (channel-first, as stored)
     encoder_states: torch.Tensor  # (L, D) packed condition sequence, valid tokens only
     text_prompt: str
     lyrics_prompt: str
@@ -110,13 +110,13 @@ def encode_condition(pipe, text: SongText, duration: float) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_audio(pipe, wav: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(2, N) float audio at the VAE's rate -> (T, C) latents, T = ceil(N / 1920)."""
+    """(2, N) float audio at the VAE's rate -> (C, T) latents, T = ceil(N / 1920)."""
     vae = pipe.vae
     hop = math.prod(vae.config.downsampling_ratios)
     pad = (-wav.shape[-1]) % hop  # the encoder drops a trailing partial frame; pad so none is lost
     wav = torch.nn.functional.pad(wav, (0, pad))
     posterior = vae.encode(wav[None].to(device=vae.device, dtype=vae.dtype)).latent_dist
-    return posterior.sample(generator=generator)[0].transpose(0, 1).float()  # (C, T) -> (T, C)
+    return posterior.sample(generator=generator)[0].float()  # (C, T)
 
 
 def encode_song(pipe, wav: torch.Tensor, text: SongText, seed: int = 0) -> EncodedSong:

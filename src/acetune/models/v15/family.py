@@ -4,7 +4,8 @@ The checkpoint is a diffusers `AceStepPipeline` folder (`layout.py`). Beyond the
 (detect, check, load the DiT, config hash) this family exposes the hooks the stages call:
 
     preprocess:  load_encoders(dir) -> pipe;  encode_song(pipe, wav, SongText) -> EncodedSong
-    train:       silence_latent(dir);  collate(rows, silence);  training_loss(transformer, batch, gen)
+                 load_preprocess_encoders / encode_part (what `acetune preprocess` calls; `rows.py`)
+    train:       load_transformer(dir);  collate(rows);  training_loss(transformer, batch)
                  adapter_config(kind, rank, alpha, ...);  add_adapter(transformer, config)
     export:      save_diffusers_lora(transformer, folder, config);  save_comfyui(state, path, config)
     generate:    load_pipeline(dir);  generate(pipe, prompt, lyrics, duration, ..., lora_file=...)
@@ -18,19 +19,23 @@ from pathlib import Path
 
 import torch
 
-from acetune.errors import CheckpointError
-from acetune.models.v15 import adapters, conditioning, generate, objective
+from acetune.errors import CheckpointError, TrainingError
+from acetune.models.v15 import adapters, conditioning, generate, objective, rows
 from acetune.models.v15.layout import (
     CONDITION_ENCODER_DIR,
     MODEL_INDEX_FILE,
     PIPELINE_CLASS,
     REQUIRED_DIRS,
+    TEXT_ENCODER_DIR,
     TRANSFORMER_DIR,
+    VAE_DIR,
 )
 from acetune.schema_v15 import FAMILY_NAME
 
 _FIX = "download the complete diffusers ACE-Step 1.5 folder (e.g. ACE-Step/acestep-v15-turbo-diffusers)"
 CONFIG_FILE = "config.json"
+SILENCE_BUFFER = "acetune_silence_latent"
+NULL_BUFFER = "acetune_null_condition"
 
 
 def _read_json(path: Path) -> dict:
@@ -50,9 +55,12 @@ class V15Family:
 
     name = FAMILY_NAME
     default_lora_targets = adapters.LORA_TARGETS
+    sample_rate = 48000  # AutoencoderOobleck's rate (the checkpoint's vae/config.json says so too)
 
     # hooks (module functions; see the module docstring)
     load_encoders = staticmethod(conditioning.load_encoders)
+    load_preprocess_encoders = staticmethod(rows.load_preprocess_encoders)
+    encode_part = staticmethod(rows.encode_part)
     encode_song = staticmethod(conditioning.encode_song)
     song_text = staticmethod(conditioning.SongText.from_song)
     collate = staticmethod(objective.collate)
@@ -92,6 +100,11 @@ class V15Family:
 
         self.check_checkpoint(checkpoint_dir)
         model = AceStepTransformer1DModel.from_pretrained(str(Path(checkpoint_dir) / TRANSFORMER_DIR), dtype=dtype)
+        # The two condition-encoder tensors training reads (context latents, CFG null input) travel with the
+        # DiT as non-persistent buffers: they follow .to() and never enter a state dict or LoRA file.
+        tensors = self.condition_tensors(checkpoint_dir)
+        model.register_buffer(SILENCE_BUFFER, tensors["silence_latent"].to(dtype), persistent=False)
+        model.register_buffer(NULL_BUFFER, tensors["null_condition_emb"].to(dtype), persistent=False)
         return model.to(device).eval()
 
     def prepare_for_training(self, model: torch.nn.Module, *, use_ssl: bool = False,
@@ -102,22 +115,42 @@ class V15Family:
     def training_loss(self, model: torch.nn.Module, batch: dict, *, shift: float = 3.0, ssl_coeff: float = 0.0,
                       noise: torch.Tensor | None = None, u: torch.Tensor | None = None,
                       generator: torch.Generator | None = None) -> objective.V15Loss:
-        """The official 1.5 objective (`objective.flow_matching_loss`); `u` replaces the timestep draw.
+        """The official 1.5 objective (`objective.flow_matching_loss`) on a batch with the v1 key names.
 
+        `model` comes from `load_transformer` (it carries the silence latent and null condition).
+        `noise` (B, C, T) and `u` (a normal draw, `objective.timestep_from_normal`) pin the random draws.
         `shift` and `ssl_coeff` belong to v1: the 1.5 trainer samples the fixed turbo shift-3 table.
         """
-        return objective.flow_matching_loss(model, batch, generator=generator, noise=noise, t=u)
+        if not hasattr(model, SILENCE_BUFFER):
+            raise TrainingError("the 1.5 transformer was not loaded through the family",
+                                fix="load it with get_family('acestep15').load_transformer(checkpoint_dir)")
+        t = None if u is None else objective.timestep_from_normal(u.reshape(-1).expand(batch["target_latents"].shape[0]))
+        return objective.flow_matching_loss(model, batch, getattr(model, SILENCE_BUFFER),
+                                            null_condition=getattr(model, NULL_BUFFER), generator=generator,
+                                            noise=noise, t=t)
 
-    def silence_latent(self, checkpoint_dir: Path) -> torch.Tensor:
-        """(1, N, C) `AceStepConditionEncoder.silence_latent`, read alone from its safetensors (no model)."""
+    def condition_tensors(self, checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+        """`silence_latent` (1, N, C) and `null_condition_emb` (1, 1, D) of `AceStepConditionEncoder`,
+        read alone from its safetensors (the encoder itself is not built)."""
         from safetensors import safe_open
 
+        wanted, found = ("silence_latent", "null_condition_emb"), {}
         for path in sorted((Path(checkpoint_dir) / CONDITION_ENCODER_DIR).glob("*.safetensors")):
             with safe_open(str(path), "pt") as f:
-                if "silence_latent" in f.keys():
-                    return f.get_tensor("silence_latent").float()
-        raise CheckpointError("the condition encoder has no silence_latent tensor",
-                              path=Path(checkpoint_dir) / CONDITION_ENCODER_DIR, fix=_FIX)
+                found.update({k: f.get_tensor(k).float() for k in wanted if k in f.keys()})
+        missing = [k for k in wanted if k not in found]
+        if missing:
+            raise CheckpointError(f"the condition encoder weights lack {', '.join(missing)}",
+                                  path=Path(checkpoint_dir) / CONDITION_ENCODER_DIR, fix=_FIX)
+        return found
+
+    def encoder_config_hash(self, checkpoint_dir: Path) -> str:
+        """Hash of the configs of the encoders preprocess runs (VAE, Qwen3, condition encoder)."""
+        configs = {sub: _read_json(Path(checkpoint_dir) / sub / CONFIG_FILE)
+                   for sub in (VAE_DIR, TEXT_ENCODER_DIR, CONDITION_ENCODER_DIR)}
+        clean = {sub: {k: v for k, v in c.items() if not k.startswith("_") and k != "transformers_version"}
+                 for sub, c in configs.items()}
+        return hashlib.sha256(json.dumps(clean, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
     def config_hash(self, checkpoint_dir: Path) -> str:
         """sha256 (16 hex digits) of the transformer and condition-encoder configs (`_`-keys dropped)."""

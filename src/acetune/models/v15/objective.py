@@ -36,6 +36,16 @@ def shifted_schedule(num_steps: int = 8, shift: float = 3.0) -> torch.Tensor:
     return (shift * t / (1 + (shift - 1) * t))[:-1]
 
 
+def timestep_from_normal(u: torch.Tensor, shift: float = 3.0) -> torch.Tensor:
+    """A standard-normal draw -> t = shift s / (1 + (shift - 1) s), s = sigmoid(u) (u = 0 gives 0.75).
+
+    Only for callers that pin the timestep with a normal draw (the shared loop's overfit check passes
+    u = 0, v1's median timestep); training itself samples `TURBO_SHIFT3_TIMESTEPS`.
+    """
+    s = torch.sigmoid(u.float())
+    return shift * s / (1 + (shift - 1) * s)
+
+
 def sample_timesteps(batch_size: int, generator: torch.Generator | None = None,
                      table: tuple[float, ...] = TURBO_SHIFT3_TIMESTEPS) -> torch.Tensor:
     """(B,) float32 timesteps drawn uniformly from `table` (official `sample_discrete_timestep`)."""
@@ -55,29 +65,29 @@ def context_latents(silence_latent: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([src, torch.ones_like(src)], dim=-1)
 
 
-def collate(rows: list[dict], silence_latent: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Pad a list of decoded rows into a batch.
+def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+    """Pad rows into a batch with the v1 trainer's key names (`training.data.make_batch` gives the same).
 
     Args:
-        rows: dicts with "latents" (T_i, C) and "encoder_states" (L_i, D).
-        silence_latent: see `context_latents`.
+        rows: dicts with "latents" (C, T_i) (channel-first, as stored) and "encoder_states" (L_i, D).
     Returns:
-        latents (B, T, C), latent_mask (B, T) bool, context (B, T, 2C), encoder_states (B, L, D).
-        Encoder states are zero-padded: `AceStepTransformer1DModel` takes no cross-attention mask, so
-        batches mixing lengths attend to a few padding tokens (exact at batch size 1, the official default).
+        target_latents (B, C, T), attention_mask (B, T), encoder_text_hidden_states (B, L, D) zero-padded,
+        text_attention_mask (B, L). `AceStepTransformer1DModel` takes no cross-attention mask, so batches
+        mixing lengths attend to a few padding tokens (exact at batch size 1, the official default).
     """
-    max_t = max(r["latents"].shape[0] for r in rows)
+    max_t = max(r["latents"].shape[-1] for r in rows)
     max_l = max(r["encoder_states"].shape[0] for r in rows)
-    latents = torch.zeros(len(rows), max_t, rows[0]["latents"].shape[1])
-    mask = torch.zeros(len(rows), max_t, dtype=torch.bool)
-    states = torch.zeros(len(rows), max_l, rows[0]["encoder_states"].shape[1])
+    c, d = rows[0]["latents"].shape[0], rows[0]["encoder_states"].shape[1]
+    batch = {"target_latents": torch.zeros(len(rows), c, max_t), "attention_mask": torch.zeros(len(rows), max_t),
+             "encoder_text_hidden_states": torch.zeros(len(rows), max_l, d),
+             "text_attention_mask": torch.zeros(len(rows), max_l)}
     for i, r in enumerate(rows):
-        t, n = r["latents"].shape[0], r["encoder_states"].shape[0]
-        latents[i, :t] = r["latents"].float()
-        mask[i, :t] = True
-        states[i, :n] = r["encoder_states"].float()
-    context = context_latents(silence_latent, max_t).unsqueeze(0).expand(len(rows), -1, -1).clone()
-    return {"latents": latents, "latent_mask": mask, "context": context, "encoder_states": states}
+        t, n = r["latents"].shape[-1], r["encoder_states"].shape[0]
+        batch["target_latents"][i, :, :t] = r["latents"].float()
+        batch["attention_mask"][i, :t] = 1.0
+        batch["encoder_text_hidden_states"][i, :n] = r["encoder_states"].float()
+        batch["text_attention_mask"][i, :n] = 1.0
+    return batch
 
 
 @dataclass
@@ -93,31 +103,41 @@ class V15Loss:
         return {f"{prefix}/denoising_loss": self.denoising_loss.item(), f"{prefix}/loss": self.loss.item()}
 
 
-def flow_matching_loss(transformer: torch.nn.Module, batch: dict[str, torch.Tensor],
-                       generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-                       t: torch.Tensor | None = None) -> V15Loss:
+def flow_matching_loss(transformer: torch.nn.Module, batch: dict[str, torch.Tensor], silence_latent: torch.Tensor,
+                       null_condition: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                       noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> V15Loss:
     """One training forward (official `PreprocessedLoRAModule.training_step`); loss in fp32.
 
     Args:
         transformer: `AceStepTransformer1DModel` (with adapters).
-        batch: from `collate`, on any device.
+        batch: keys of `collate` (v1 names), on any device.
+        silence_latent: (1, N, C) for the context latents.
+        null_condition: (1, 1, D) `null_condition_emb`; replaces the condition of rows whose condition was
+            zeroed by condition dropout (the pipeline's CFG null input). None: zeroed rows stay zero.
         generator: CPU generator for noise and t (None: the global RNG).
-        noise: (B, T, C) replaces the noise draw; t: (B,) replaces the timestep draw (parity tests).
+        noise: (B, C, T) replaces the noise draw; t: (B,) replaces the timestep draw (parity tests).
     """
     param = next(transformer.parameters())
     device, dtype = param.device, param.dtype
-    x0 = batch["latents"].to(device=device, dtype=torch.float32)
+    x0 = batch["target_latents"].to(device=device, dtype=torch.float32).transpose(1, 2)  # (B, T, C)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator)
+    else:
+        noise = noise.transpose(1, 2)
     if t is None:
         t = sample_timesteps(x0.shape[0], generator)
     noise, t = noise.to(device=device, dtype=torch.float32), t.to(device=device, dtype=torch.float32)
+    states = batch["encoder_text_hidden_states"].to(device=device, dtype=dtype)
+    if null_condition is not None:
+        dropped = (states == 0).flatten(1).all(dim=1)  # (B,)
+        states = torch.where(dropped[:, None, None], null_condition.to(states).expand_as(states), states)
+    context = context_latents(silence_latent, x0.shape[1]).to(device=device, dtype=dtype)
     t_ = t[:, None, None]
     xt = t_ * noise + (1.0 - t_) * x0
     pred = transformer(hidden_states=xt.to(dtype), timestep=t.to(dtype), timestep_r=t.to(dtype),
-                       encoder_hidden_states=batch["encoder_states"].to(device=device, dtype=dtype),
-                       context_latents=batch["context"].to(device=device, dtype=dtype), return_dict=False)[0]
-    mask = batch["latent_mask"].to(device)[..., None].float()
+                       encoder_hidden_states=states, context_latents=context.expand(x0.shape[0], -1, -1),
+                       return_dict=False)[0]
+    mask = batch["attention_mask"].to(device=device, dtype=torch.float32)[..., None]
     err = (pred.float() - (noise - x0)) ** 2 * mask
     loss = err.sum() / (mask.sum() * x0.shape[-1]).clamp_min(1.0)
     return V15Loss(loss=loss, denoising_loss=loss)
