@@ -57,7 +57,7 @@ def worker(model: str, seconds: float, mode: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, nargs="+", default=[30, 180, 360], help="durations for tiny")
+    ap.add_argument("--seconds", type=float, nargs="*", default=[30, 180, 360], help="durations for tiny")
     ap.add_argument("--official-seconds", type=float, nargs="*", default=[30], help="durations for official")
     ap.add_argument("--worker", nargs=3, metavar=("MODEL", "SECONDS", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -2,7 +2,9 @@
 
 import re
 
-from conftest import REPO
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def readme_commands() -> list[str]:

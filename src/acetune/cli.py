@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("acetune.stages.export", "bake alpha, convert to ComfyUI keys, SVD-resize or merge a LoRA"),
     "train": ("acetune.stages.train", "train a LoRA on the transformer from a preprocessed dataset"),
     "generate": ("acetune.stages.generate", "render a song from a prompt, lyrics and LoRAs to 48 kHz audio"),
+    "demo": ("acetune.stages.demo", "run the whole pipeline on a tiny generated model and songs (offline, minutes)"),
+    "doctor": ("acetune.stages.doctor", "check a checkpoint folder (files, configs, keys, shapes, dtype, disk, GPU)"),
 }
 
 
@@ -49,6 +51,20 @@ def _unwrap_optional(tp):
         if len(args) == 1:
             return args[0]
     return tp
+
+
+class _ExtendList(argparse.Action):
+    """`--lora a --lora b c` gives [a, b, c]. The first occurrence replaces the default (a value from
+    `--config` is a default too); argparse's own "extend" would append to a non-empty default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        # argparse starts the namespace with `self.default` itself; we always store a new list, so
+        # the value is still that object until this flag's first occurrence.
+        if current is self.default or current is None:
+            setattr(namespace, self.dest, list(values))
+        else:
+            setattr(namespace, self.dest, [*current, *values])
 
 
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp) -> None:
@@ -73,7 +89,7 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp) -> Non
         return
     if typing.get_origin(tp) in (list, tuple):
         inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
-        kw.update(nargs="+", type=_unwrap_optional(inner))
+        kw.update(nargs="+", type=_unwrap_optional(inner), action=_ExtendList)
     elif tp in (int, float, str):
         kw["type"] = tp
     elif tp is Path:

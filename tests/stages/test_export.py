@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 from acetune import lora_keys as lk
 from acetune.cli import run_command
 from acetune.layout import CONFIG_FILE, V1_TRANSFORMER_DIR, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
+from acetune.lora_file import NO_SCALE_ERROR, read_lora
 from acetune.parity.registry import rel_l2
-from acetune.stages.export import load_lora
 
 REPO = Path(__file__).resolve().parents[2]
 ADAPTER = "lora_adapter"
@@ -202,7 +202,7 @@ def test_alpha_tensors_equal_baked(tmp_path, cfg_name):
     w2 = comfyui_apply(base.state_dict(), load_file(str(tmp_path / "baked.safetensors")))
     assert max(rel_l2(w1[k], w2[k]) for k in w1) <= 1e-6
     # Reading the .alpha file back gives the same scales (alpha tensors define them).
-    mods, _ = load_lora(tmp_path / "alpha.safetensors")
+    mods = read_lora(tmp_path / "alpha.safetensors", if_no_scale=NO_SCALE_ERROR).modules
     assert all(math.isclose(m.scale, expected / cfg["r"], rel_tol=1e-6) for m in mods.values())
 
 
@@ -272,8 +272,9 @@ def test_resize_error_matches_reported_energy(tmp_path, capsys, flag, value):
     capsys.readouterr()
     export("--input_name", folder, "--output_name", out, flag, value)
     report = kept_energies(capsys.readouterr().out)
-    before, _ = load_lora(folder / lk.LORA_WEIGHTS_FILE)
-    after, cfg = load_lora(out / lk.LORA_WEIGHTS_FILE)  # through the written adapter_config.json
+    before = read_lora(folder / lk.LORA_WEIGHTS_FILE, if_no_scale=NO_SCALE_ERROR).modules
+    after_file = read_lora(out / lk.LORA_WEIGHTS_FILE, if_no_scale=NO_SCALE_ERROR)
+    after, cfg = after_file.modules, after_file.config  # through the written adapter_config.json
     assert json.loads((out / lk.ADAPTER_CONFIG_FILE).read_text()) == cfg
     assert set(report) == set(before) == set(after)
     for m, (r0, r1, kept) in report.items():
@@ -294,7 +295,7 @@ def test_resize_then_bake_for_comfyui(tmp_path, capsys):
     out = tmp_path / "small.safetensors"
     export("--input_name", folder, "--output_name", out, "--resize", 2, "--format", "comfyui")
     report = kept_energies(capsys.readouterr().out)
-    before, _ = load_lora(folder / lk.LORA_WEIGHTS_FILE)
+    before = read_lora(folder / lk.LORA_WEIGHTS_FILE, if_no_scale=NO_SCALE_ERROR).modules
     merged = comfyui_apply(base.state_dict(), load_file(str(out)))
     for m, (_, r1, kept) in report.items():
         assert r1 == 2

@@ -190,3 +190,32 @@ def test_trainer_new_shim_help():
     for flag in ("--dataset_path", "--checkpoint_dir", "--lora_config_path", "--every_n_train_steps", "--save_last",
                  "--accumulate_grad_batches", "--gradient_clip_val", "--precision", "--resume", "--overfit_check"):
         assert flag in proc.stdout
+
+
+def test_validation_render_at_step_0_and_tensorboard(tiny, tmp_path):
+    checkpoint, data = tiny
+    out = tmp_path / "out"
+    argv = train_argv(data, checkpoint, out, "--max_steps", "2", "--validation_prompt", "pop song",
+                      "--validation_duration", "2", "--validation_every", "2", "--logger", "tensorboard")
+    assert run_command("train", argv) == 0
+    assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-000000", "step-000002"]
+    assert (out / "validation" / "step-000000" / "0.wav").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "logs").iterdir())
+
+
+def test_lyrics_embedder_is_checkpointed_and_resumed(tiny, tmp_path):
+    checkpoint, data = tiny
+    out = tmp_path / "out"
+    assert run_command("train", train_argv(data, checkpoint, out, "--max_steps", "1", "--train_lyrics_embedder")) == 0
+    assert run_command("train", train_argv(data, checkpoint, out, "--max_steps", "2", "--train_lyrics_embedder",
+                                           "--resume")) == 0
+    state = load_file(str(out / "step-000002" / ckpt.STATE_TENSORS_FILE))
+    assert any(k.startswith("extra/lyrics_embedder/lyric_encoder.") for k in state)
+
+
+@pytest.mark.slow  # optimum-quanto's import and kernel setup take ~10 s
+def test_int8_base_weights(tiny, tmp_path):
+    checkpoint, data = tiny
+    argv = train_argv(data, checkpoint, tmp_path / "out", "--max_steps", "2", "--int8", "--precision", "bf16-mixed")
+    assert run_command("train", argv) == 0
+    assert ckpt.find_latest_checkpoint(tmp_path / "out").name == "step-000002"

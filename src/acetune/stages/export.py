@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -26,8 +25,18 @@ from safetensors.torch import save_file
 
 from acetune import lora_keys as lk
 from acetune.cli import arg
-from acetune.errors import CheckpointError, InputError, UsageError
+from acetune.errors import CheckpointError, UsageError
 from acetune.layout import CONFIG_FILE, V1_TRANSFORMER_DIR, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
+from acetune.lora_file import (
+    NO_SCALE_BAKED,
+    NO_SCALE_ERROR,
+    LoraModule,
+    pattern_value,
+    peft_scale,
+    read_adapter_config,
+    read_lora,
+    resolve_lora_path,
+)
 from acetune.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -101,103 +110,6 @@ class Args:
             raise UsageError("; ".join(problems))
 
 
-@dataclass
-class LoraModule:
-    """One adapted linear layer: delta W = scale * b @ a, a (r, in), b (out, r)."""
-
-    a: torch.Tensor
-    b: torch.Tensor
-    scale: float
-
-    @property
-    def rank(self) -> int:
-        return self.a.shape[0]
-
-
-# ---- reading ----
-
-def peft_scale(lora_alpha: float, r: int, use_rslora: bool) -> float:
-    """peft's LoRA scale (`LoraLayer.update_layer`): alpha / sqrt(r) with rsLoRA, else alpha / r."""
-    return lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
-
-
-def _pattern_value(pattern: dict, module: str, default):
-    # peft matches rank_pattern/alpha_pattern keys as `(.*\.)?<key>$` against the module path.
-    for key, value in (pattern or {}).items():
-        if re.fullmatch(rf"(.*\.)?{key}", module):
-            return value
-    return default
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read adapter config ({e.__class__.__name__}: {e})", path=path,
-                         fix="pass a valid peft adapter_config.json with --lora_config_path") from None
-    if not isinstance(data, dict) or "r" not in data or "lora_alpha" not in data:
-        raise InputError("adapter config lacks r or lora_alpha", path=path,
-                         fix="pass the adapter_config.json written with the LoRA")
-    return data
-
-
-def resolve_input(name: str) -> Path:
-    """A LoRA file, or the weights file inside a checkpoint folder."""
-    path = Path(name)
-    if path.is_dir():
-        path = path / lk.LORA_WEIGHTS_FILE
-    if not path.is_file():
-        raise InputError("LoRA file not found", path=path,
-                         fix=f"pass a .safetensors file or a folder holding {lk.LORA_WEIGHTS_FILE}")
-    return path
-
-
-def load_lora(path: Path, config_path: str | None = None, assume_baked: bool = False
-              ) -> tuple[dict[str, LoraModule], dict | None]:
-    """Read a LoRA file in any accepted key form; returns ({module: LoraModule}, peft config or None)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for a bad header
-        raise InputError(f"not a readable safetensors file ({e.__class__.__name__})", path=path,
-                         fix="pass the .safetensors file a training checkpoint holds") from None
-    grouped = lk.split_modules(tensors, path=path)
-    config, source = None, None
-    if config_path:
-        config, source = _read_json(Path(config_path)), Path(config_path)
-    elif lk.ADAPTER_METADATA_KEY in metadata:
-        try:
-            config, source = json.loads(metadata[lk.ADAPTER_METADATA_KEY]), path
-        except ValueError:
-            logger.warning("%s: unreadable embedded adapter config, ignored", path)
-    if config is None and (path.parent / lk.ADAPTER_CONFIG_FILE).is_file():
-        source = path.parent / lk.ADAPTER_CONFIG_FILE
-        config = _read_json(source)
-    has_alpha = any(lk.ALPHA in parts for parts in grouped.values())
-    if config is None and not has_alpha and not assume_baked:
-        raise InputError("no adapter config found (nor .alpha tensors), so the LoRA scale is unknown", path=path,
-                         fix=f"pass --lora_config_path, put {lk.ADAPTER_CONFIG_FILE} next to it, "
-                             "or --assume_baked if alpha is already baked in")
-    modules = {}
-    for name, parts in grouped.items():
-        a, b = parts[lk.LORA_A], parts[lk.LORA_B]
-        r = a.shape[0]
-        if lk.ALPHA in parts:  # ComfyUI's rule: alpha / rank, rank = rows of A
-            scale = float(parts[lk.ALPHA].float().reshape(-1)[0]) / r
-        elif config is not None:
-            r_cfg = _pattern_value(config.get("rank_pattern"), name, config["r"])
-            if r_cfg != r:
-                raise InputError(f"config {source} says r={r_cfg} but module {name!r} has rank {r}", path=path,
-                                 fix="pass the adapter config this LoRA was trained with (--lora_config_path)")
-            alpha = _pattern_value(config.get("alpha_pattern"), name, config["lora_alpha"])
-            scale = peft_scale(alpha, r, bool(config.get("use_rslora", False)))
-        else:
-            scale = 1.0
-        modules[name] = LoraModule(a, b, scale)
-    return modules, config
-
-
 # ---- transforms ----
 
 def bake(mod: LoraModule) -> LoraModule:
@@ -243,7 +155,7 @@ def describe_config(modules: dict[str, LoraModule], base: dict | None) -> dict:
     cfg["r"] = r0
     cfg["rank_pattern"] = {m: r for m, r in sorted(ranks.items()) if r != r0}
     if base is not None and all(math.isclose(
-            peft_scale(_pattern_value(base.get("alpha_pattern"), m, base["lora_alpha"]), mod.rank,
+            peft_scale(pattern_value(base.get("alpha_pattern"), m, base["lora_alpha"]), mod.rank,
                        bool(base.get("use_rslora", False))), mod.scale, rel_tol=1e-6) for m, mod in modules.items()):
         cfg["alpha_pattern"] = dict(base.get("alpha_pattern") or {})
         return cfg
@@ -355,9 +267,26 @@ def _default_output(input_name: str, suffix: str, ext: str = ".safetensors") -> 
     return given.with_name(f"{given.stem}{suffix}{ext}")
 
 
+def trained_family(path: Path):
+    """The model family a training checkpoint's `train_config.json` (beside the weights) names, else None."""
+    from acetune.models.family import get_family
+
+    config = path.parent / "train_config.json"
+    try:
+        name = json.loads(config.read_text(encoding="utf-8")).get("family")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return get_family(name) if name else None
+
+
 def run(args: Args) -> int:
-    path = resolve_input(args.input_name)
-    modules, config = load_lora(path, args.lora_config_path, args.assume_baked)
+    path = resolve_lora_path(args.input_name)
+    family = trained_family(path)
+    if hasattr(family, "export_lora"):  # a family with its own key layouts (ACE-Step 1.5)
+        return family.export_lora(args, path)
+    lora = read_lora(path, args.lora_config_path,
+                     if_no_scale=NO_SCALE_BAKED if args.assume_baked else NO_SCALE_ERROR)
+    modules, config = lora.modules, lora.config
 
     if args.merge:
         src = resolve_transformer_dir(args.checkpoint_dir)
@@ -408,7 +337,7 @@ def run(args: Args) -> int:
     if args.format == "peft" and not args.write_alpha:
         if not sidecar.exists():
             _write_text_atomic(sidecar, json.dumps(new_config, indent=2, sort_keys=True))
-        elif _read_json(sidecar) != new_config:
+        elif read_adapter_config(sidecar) != new_config:
             logger.warning("%s is kept as is and does not describe %s; its own config is embedded in the "
                            "file (diffusers reads it). Write to a new folder for a loadable peft folder.",
                            sidecar, out.name)

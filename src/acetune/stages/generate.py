@@ -58,7 +58,7 @@ class Args:
                                       "printed)")
     lora: list[str] = arg(default_factory=list, metavar="PATH[:STRENGTH]",
                           help="LoRA file or checkpoint folder, optionally with a strength (default 1.0); "
-                               "give several after one --lora to stack them")
+                               "give several after one --lora, or repeat --lora, to stack them")
     steps: int = arg(60, help="sampling steps", aliases=("--infer_steps",))
     guidance_scale: float = arg(15.0, help="guidance scale (1 turns guidance off: one model call per step)")
     cfg_type: str = arg("apg", choices=("apg", "cfg"), help="guidance: APG (reference default) or plain CFG")
@@ -135,13 +135,18 @@ def read_lyrics(value: str) -> str:
 
 def run(args: Args) -> int:
     from acetune.audio import audio_write
-    from acetune.lora_fuse import read_lora
+    from acetune.lora_file import NO_SCALE_WARN, read_lora
+    from acetune.models.family import family_names, get_family
     from acetune.models.v1.pipeline import V1Generator
 
     lyrics = read_lyrics(args.lyrics)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     out = args.output_path(seed)
-    loras = [(read_lora(path), strength) for path, strength in args.loras]  # fail on a bad file before loading
+    family = next((f for f in map(get_family, family_names()) if f.detect(Path(args.checkpoint_dir))), None)
+    if hasattr(family, "generate_song"):  # a family with its own pipeline (ACE-Step 1.5)
+        return family.generate_song(args, lyrics, seed, out)
+    # read every LoRA first: a bad file fails before the model is loaded
+    loras = [(read_lora(path, if_no_scale=NO_SCALE_WARN), strength) for path, strength in args.loras]
     start = time.monotonic()
     generator = V1Generator.from_pretrained(args.checkpoint_dir, device=args.device, dtype=args.dtype,
                                             free_encoders=True, lyric_vocab=args.lyric_vocab)

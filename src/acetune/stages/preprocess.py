@@ -45,7 +45,8 @@ class Args:
                                    aliases=("--output",))
     checkpoint_dir: Path | None = arg(None, help="ACE-Step checkpoint folder (music_dcae_f8c8/, music_vocoder/, "
                                                  "umt5-base/, ace_step_transformer/)")
-    family: str = arg("ace-step-v1", help="model family of the checkpoint")
+    family: str = arg("ace-step-v1", help="model family of the checkpoint (ace-step-v1, acestep15)",
+                      aliases=("--model_family",))
     lyric_vocab: Path | None = arg(None, help="lyric BPE vocab.json (default: next to the checkpoint, then the cache)")
     device: str = arg("auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
     dtype: str = arg("auto", help="compute dtype of the encoders (auto: bfloat16 on a GPU that has it, else float32)",
@@ -185,6 +186,8 @@ def prepare_output(out: Path, meta: schema.DatasetMeta, overwrite: bool) -> None
 
 def load_encoders(args: Args, family, dtype: torch.dtype) -> pipeline.Encoders:
     """Every encoder, on the CPU (phases move one at a time to the device)."""
+    if hasattr(family, "load_preprocess_encoders"):  # a family with its own encoders (ACE-Step 1.5)
+        return family.load_preprocess_encoders(args.checkpoint_dir, dtype=dtype)
     ssl_models = {}
     for name, folder, flag in (("mert", args.mert_dir, "--mert_dir"), ("m-hubert", args.mhubert_dir, "--mhubert_dir")):
         if folder is not None:
@@ -248,8 +251,8 @@ def run(args: Args) -> int:
     bar = progress(total=len(todo), desc="preprocess", unit="song", smoothing=0)
     try:
         for i in range(0, len(todo), args.part_size):
-            part_rows = pipeline.encode_part(todo[i:i + args.part_size], encoders, settings, report,
-                                             on_song=lambda: bar.update(1))
+            part_rows = getattr(family, "encode_part", pipeline.encode_part)(
+                todo[i:i + args.part_size], encoders, settings, report, on_song=lambda: bar.update(1))
             if part_rows:
                 store.write_part(out, tag, part_rows, encoders.ssl_names)
                 rows += len(part_rows)

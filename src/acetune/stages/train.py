@@ -176,7 +176,10 @@ def quantize_int8(model: torch.nn.Module) -> int:
         raise UsageError("--int8 needs optimum-quanto", fix="pip install optimum-quanto") from err
     quantize(model.transformer_blocks, weights=qint8)
     freeze(model.transformer_blocks)
-    return sum(1 for m in model.transformer_blocks.modules() if type(m).__name__ == "QLinear")
+    qlinears = [m for m in model.transformer_blocks.modules() if type(m).__name__ == "QLinear"]
+    for m in qlinears:  # quanto's CPU int8 matmul needs a contiguous last dimension
+        m.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
+    return len(qlinears)
 
 
 def build_run(args: Args, echo=print):
@@ -187,9 +190,9 @@ def build_run(args: Args, echo=print):
     from acetune.schema import load_dataset
     from acetune.training import checkpoint as ckpt
     from acetune.training.data import ConditionDropout, LyricCache, SongDataset
-    from acetune.training.lora import add_lora, init_lora_from_file, touches_lyric_encoder
     from acetune.training.loggers import MetricsLogger, build_logger
     from acetune.training.loop import LoopConfig, TrainRun
+    from acetune.training.lora import add_lora, init_lora_from_file, touches_lyric_encoder
     from acetune.training.optim import build_lr_scheduler, build_optimizer, optimizer_advice
     from acetune.training.resume import seed_everything
 

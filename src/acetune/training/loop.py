@@ -26,8 +26,8 @@ from acetune.errors import TrainingError
 from acetune.progress import progress
 from acetune.training import checkpoint as ckpt
 from acetune.training.data import ConditionDropout, LyricCache, SongDataset, batch_to, make_batch
-from acetune.training.lora import LoraSetup
 from acetune.training.loggers import MetricsLogger
+from acetune.training.lora import LoraSetup
 from acetune.training.resume import (
     EpochShuffleSampler,
     batches_per_epoch,
@@ -255,7 +255,7 @@ def fit(run: TrainRun) -> dict:
     in_sync = _check_replicas(run, world)
     elapsed = time.perf_counter() - started
     return {
-        "steps": step, "steps_this_run": steps_run, "epochs": epoch + (1 if micro % per_epoch == 0 and micro else 0),
+        "steps": step, "steps_this_run": steps_run, "epochs_done": micro / per_epoch,
         "first_loss": first_loss, "last_loss": last_loss, "seconds": elapsed,
         "seconds_per_step": elapsed / max(1, steps_run), "checkpoint": str(last_saved) if last_saved else None,
         "processes": world, "replicas_in_sync": in_sync,
@@ -289,7 +289,8 @@ def overfit_check(run: TrainRun, max_steps: int = OVERFIT_MAX_STEPS, factor: flo
     first = last = None
     bar = progress(total=max_steps, desc="overfit check", unit="step")
     steps = 0
-    for steps in range(1, max_steps + 1):
+    for _ in range(max_steps):
+        steps += 1
         with torch.autocast(device.type, dtype=cfg.compute_dtype, enabled=cfg.autocast):
             terms = step_module(batch, noise=noise, u=u)
         terms["loss"].backward()

@@ -14,13 +14,13 @@ import pytest
 import torch
 from tests.audio_fixtures import make_audio
 
+from acetune import schema
 from acetune.audio import audio_read
 from acetune.errors import CheckpointError
 from acetune.models.family import detect_family, get_family
 from acetune.models.v15 import adapters
 from acetune.models.v15.generate import load_lora_checked, load_pipeline
 from acetune.models.v15.tiny import save_tiny_checkpoint_v15
-from acetune import schema
 from acetune.schema_v15 import FAMILY_NAME, decode, row
 from acetune.sidecar_reader import find_sidecars
 from acetune.song import SongRecord, split_tags

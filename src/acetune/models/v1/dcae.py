@@ -43,8 +43,8 @@ MIN_MEL, MAX_MEL = -11.0, 3.0
 SCALE_FACTOR, SHIFT_FACTOR = 0.1786, -1.9091  # not the AutoencoderDC config's scaling_factor (unused)
 
 # Window sizes, in latent frames (1 latent frame = 8 mel frames = 4096 samples = 92.9 ms). Clips that
-# fit in one window are computed exactly as the reference does. Encode: 1024 frames (95 s) keeps every
-# training-length clip one-shot; longer ones cost ~1.3x. Decode: the reference `decode_overlap` numbers
+# fit in one window are computed exactly as the reference does. Encode: 1024 frames, so clips up to 95 s
+# are one-shot; longer ones cost ~1.33x compute (768-frame cores). Decode: the reference `decode_overlap` numbers
 # (512-frame windows, 128 trimmed at inner edges). On the tiny golden model, windowing a 100 s clip
 # changes latents by ~1% rel L2 (the EfficientViT attention is global over its window); context size
 # hardly matters (32..128 frames: 1.13%..1.02%).

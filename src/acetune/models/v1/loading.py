@@ -19,7 +19,13 @@ import torch
 from safetensors import safe_open
 
 from acetune.errors import CheckpointError
-from acetune.layout import CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
+from acetune.layout import (
+    CONFIG_FILE,
+    V1_COMPONENT_DIRS,
+    V1_TRANSFORMER_DIR,
+    WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
+)
 from acetune.models.v1.attention import CrossAttention
 from acetune.models.v1.transformer import ACEStepTransformer2DModel
 
@@ -30,7 +36,17 @@ _INT_KEYS = ("in_channels", "num_layers", "attention_head_dim", "num_attention_h
              "max_position", "speaker_embedding_dim", "text_embedding_dim", "lyric_encoder_vocab_size",
              "lyric_hidden_size", "max_height", "max_width", "lyric_encoder_output_size",
              "lyric_encoder_attention_heads", "lyric_encoder_linear_units", "lyric_encoder_num_blocks")
-_FIX = "point at the ace_step_transformer folder of the official ACE-Step-v1-3.5B checkpoint"
+
+
+def _fix(folder: Path | str) -> str:
+    """The one-line fix for a bad file in `folder`, naming its component folder (`music_vocoder`, ...):
+    `weight_files`/`read_config` also check the DCAE and vocoder folders (`V1Family.check_checkpoint`)."""
+    component = next((p for p in reversed(Path(folder).parts) if p in V1_COMPONENT_DIRS), V1_TRANSFORMER_DIR)
+    return (f"point at the {component} folder of the official ACE-Step-v1-3.5B checkpoint "
+            "(download it again if incomplete)")
+
+
+_FIX = _fix(V1_TRANSFORMER_DIR)  # for what only the transformer has (its config keys, its state dict)
 
 
 def _init_keys() -> set[str]:
@@ -84,13 +100,13 @@ def read_config(folder: Path | str) -> dict:
     """Constructor kwargs from `folder/config.json` (validated)."""
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
-        raise CheckpointError(f"missing {CONFIG_FILE}", path=path, fix=_FIX)
+        raise CheckpointError(f"missing {CONFIG_FILE}", path=path, fix=_fix(folder))
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read JSON ({exc})", path=path, fix=_FIX) from None
+        raise CheckpointError(f"cannot read JSON ({exc})", path=path, fix=_fix(folder)) from None
     if not isinstance(config, dict):
-        raise CheckpointError("not a JSON object", path=path, fix=_FIX)
+        raise CheckpointError("not a JSON object", path=path, fix=_fix(folder))
     return config_kwargs(config, path)
 
 
@@ -102,16 +118,16 @@ def weight_files(folder: Path | str) -> list[Path]:
         return [single]
     if not index.is_file():
         raise CheckpointError(f"missing {WEIGHTS_FILE} (or {WEIGHTS_INDEX_FILE} with its shards)", path=folder,
-                              fix=_FIX)
+                              fix=_fix(folder))
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         shards = sorted(set(weight_map.values()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"cannot read the shard index ({exc!r})", path=index, fix=_FIX) from None
+        raise CheckpointError(f"cannot read the shard index ({exc!r})", path=index, fix=_fix(folder)) from None
     for shard in shards:
         if not (folder / shard).is_file():
             raise CheckpointError(f"missing shard {shard} (listed in {WEIGHTS_INDEX_FILE})", path=folder / shard,
-                                  fix="download the complete ace_step_transformer folder again")
+                                  fix=_fix(folder))
     return [folder / s for s in shards]
 
 

@@ -29,7 +29,8 @@ import torch
 
 from acetune.errors import UsageError
 from acetune.layout import V1_TEXT_ENCODER_DIR
-from acetune.lora_fuse import FusedLoras, LoraFile, fuse_loras, read_lora
+from acetune.lora_file import NO_SCALE_WARN, LoraFile, read_lora
+from acetune.lora_fuse import FusedLoras, fuse_loras
 from acetune.models.v1.sampler import (
     ERG_DIFFUSION_BLOCKS,
     ERG_LYRIC_BLOCKS,
@@ -160,7 +161,8 @@ class V1Generator:
         `keep_original=False` that restore is impossible (saves a CPU copy of the changed weights).
         """
         self.remove_loras()
-        files = [(item if isinstance(item, LoraFile) else read_lora(item), float(s)) for item, s in loras]
+        files = [(item if isinstance(item, LoraFile) else read_lora(item, if_no_scale=NO_SCALE_WARN), float(s))
+                 for item, s in loras]
         self.fused = fuse_loras(self.transformer, files, keep_original=keep_original)
         return [f for f, _ in files]
 

@@ -79,10 +79,15 @@ def save_diffusers_lora(transformer, folder: str | Path, config) -> Path:
         raise ValueError("diffusers loads LoRA adapters only; export LoKr in the ComfyUI layout")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    meta = json.loads(json.dumps(config.to_dict(), default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
     AceStepPipeline.save_lora_weights(folder, transformer_lora_layers=adapter_state(transformer),
-                                      weight_name=DIFFUSERS_WEIGHT_NAME, transformer_lora_adapter_metadata=meta)
+                                      weight_name=DIFFUSERS_WEIGHT_NAME,
+                                      transformer_lora_adapter_metadata=_config_metadata(config))
     return folder / DIFFUSERS_WEIGHT_NAME
+
+
+def _config_metadata(config) -> dict:
+    """The peft config as JSON-able dict (sets become sorted lists), embedded by diffusers in the file."""
+    return json.loads(json.dumps(config.to_dict(), default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
 
 
 def original_name(key: str) -> str:
@@ -160,3 +165,88 @@ def merge_comfyui_file(transformer, path: str | Path, strength: float = 1.0) -> 
         linear = modules[diffusers_name(name)]
         linear.weight += delta.to(linear.weight)
     return len(deltas)
+
+
+# ---- files written by `acetune train` (saved layout: bare diffusers module paths) ----
+
+SAVED_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # `lora_keys.LORA_WEIGHTS_FILE`, as the trainer writes
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+
+
+def read_trained_lora(path: str | Path):
+    """(state with bare keys, peft config) of a training checkpoint folder or a saved-layout file.
+
+    The config is `adapter_config.json` beside the weights (the trainer writes it into every step folder).
+    """
+    from peft import LoKrConfig, LoraConfig
+    from safetensors.torch import load_file
+
+    from acetune.errors import InputError
+
+    path = Path(path)
+    weights = path / SAVED_WEIGHTS_FILE if path.is_dir() else path
+    config_path = weights.parent / ADAPTER_CONFIG_FILE
+    if not weights.is_file() or not config_path.is_file():
+        raise InputError(f"need {weights.name} and {ADAPTER_CONFIG_FILE} side by side", path=path,
+                         fix="pass a step-NNNNNN folder written by `acetune train`")
+    data = json.loads(config_path.read_text(encoding="utf-8"))
+    data = {k: v for k, v in data.items() if k not in ("peft_type", "task_type", "auto_mapping", "revision")}
+    try:
+        config = LoKrConfig(**data) if "alpha" in data and "lora_alpha" not in data else LoraConfig(**data)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"not a peft adapter config ({e})", path=config_path) from None
+    return load_file(str(weights)), config
+
+
+def export_trained_lora(path: str | Path, out: str | Path, fmt: str = "diffusers") -> Path:
+    """Convert a trained LoRA (`read_trained_lora`) for a loader; returns the written file.
+
+    fmt "diffusers": `out` is a folder, loaded by `AceStepPipeline.load_lora_weights(out)`.
+    fmt "comfyui": `out` is a .safetensors file (a folder gets `<name>_comfyui.safetensors` inside).
+    """
+    state, config = read_trained_lora(path)
+    out = Path(out)
+    if fmt == "comfyui":
+        if out.suffix != ".safetensors":
+            out = out / "pytorch_lora_weights_comfyui.safetensors"
+        return save_comfyui(state, out, config)
+    if fmt != "diffusers":
+        raise ValueError(f"unknown format {fmt!r}")
+    from diffusers import AceStepPipeline
+
+    out.mkdir(parents=True, exist_ok=True)
+    AceStepPipeline.save_lora_weights(out, transformer_lora_layers=state, weight_name=DIFFUSERS_WEIGHT_NAME,
+                                      transformer_lora_adapter_metadata=_config_metadata(config))
+    return out / DIFFUSERS_WEIGHT_NAME
+
+
+class PeftKeyedSetup:
+    """Wraps the shared trainer's `training.lora.LoraSetup` for 1.5 (`family.wrap_lora_setup`).
+
+    The shared setup parses keys against v1's module names (`lora_keys`); a 1.5 DiT's modules are
+    `layers.N...`. This keys the saved LoRA by the model's own module paths (the same saved layout,
+    `<module>.lora_A.weight`), and delegates everything else to the wrapped setup.
+    """
+
+    def __init__(self, setup):
+        self._setup = setup
+
+    def __getattr__(self, name):
+        return getattr(self._setup, name)
+
+    def lora_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach() for k, v in adapter_state(model, self._setup.adapter_name).items()}
+
+    @torch.no_grad()
+    def load_lora_state(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Copy a `lora_state` dict back bit for bit; the module sets must match exactly."""
+        from acetune.errors import UsageError
+
+        tag = f".{self._setup.adapter_name}.weight"
+        ours = {name.replace(tag, ".weight"): p for name, p in model.named_parameters()
+                if name.endswith(tag) and (".lora_A." in name or ".lora_B." in name)}
+        if set(ours) != set(state):
+            raise UsageError(f"the saved LoRA has {len(state)} tensors, this run {len(ours)}",
+                             fix="resume with the same LoRA config")
+        for key, param in ours.items():
+            param.copy_(state[key])

@@ -7,8 +7,11 @@ The checkpoint is a diffusers `AceStepPipeline` folder (`layout.py`). Beyond the
                  load_preprocess_encoders / encode_part (what `acetune preprocess` calls; `rows.py`)
     train:       load_transformer(dir);  collate(rows);  training_loss(transformer, batch)
                  adapter_config(kind, rank, alpha, ...);  add_adapter(transformer, config)
+                 wrap_lora_setup(setup) (the shared trainer keys LoRA files by this model's module paths)
     export:      save_diffusers_lora(transformer, folder, config);  save_comfyui(state, path, config)
+                 export_lora(args, path) (what `acetune export` hands a 1.5 step folder to)
     generate:    load_pipeline(dir);  generate(pipe, prompt, lyrics, duration, ..., lora_file=...)
+                 generate_song(args, lyrics, seed, out) (what `acetune generate` hands a 1.5 checkpoint to)
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 import torch
 
 from acetune.errors import CheckpointError, TrainingError
-from acetune.models.v15 import adapters, conditioning, generate, objective, rows
+from acetune.models.v15 import adapters, conditioning, objective, rows
+from acetune.models.v15 import generate as generation
 from acetune.models.v15.layout import (
     CONDITION_ENCODER_DIR,
     MODEL_INDEX_FILE,
@@ -69,8 +73,47 @@ class V15Family:
     adapter_state = staticmethod(adapters.adapter_state)
     save_diffusers_lora = staticmethod(adapters.save_diffusers_lora)
     save_comfyui = staticmethod(adapters.save_comfyui)
-    load_pipeline = staticmethod(generate.load_pipeline)
-    generate = staticmethod(generate.generate)
+    load_pipeline = staticmethod(generation.load_pipeline)
+    generate = staticmethod(generation.generate)
+
+    # ---- stage hooks: `acetune export` / `acetune generate` hand over when the family has them ----
+
+    def export_lora(self, args, path: Path) -> int:
+        """`acetune export` for a LoRA trained on 1.5: `--format peft` writes the diffusers layout
+        (`AceStepPipeline.load_lora_weights` loads it), `--format comfyui` the ComfyUI 1.5 layout."""
+        from acetune.errors import UsageError
+
+        unsupported = [flag for flag, on in (("--merge", args.merge), ("--write_alpha", args.write_alpha),
+                                             ("--resize", args.resize is not None or args.resize_energy is not None),
+                                             ("--format kohya", args.format == "kohya")) if on]
+        if unsupported:
+            raise UsageError(f"{', '.join(unsupported)}: not available for ACE-Step 1.5 LoRAs yet",
+                             fix="use --format peft (diffusers) or --format comfyui")
+        fmt = "comfyui" if args.format == "comfyui" else "diffusers"
+        default = path.parent.with_name(path.parent.name + ("_comfyui.safetensors" if fmt == "comfyui" else "_diffusers"))
+        out = adapters.export_trained_lora(path, Path(args.output_name) if args.output_name else default, fmt)
+        print(f"wrote {out} ({'ComfyUI 1.5 keys, scale baked' if fmt == 'comfyui' else 'diffusers layout'})")
+        return 0
+
+    def generate_song(self, args, lyrics: str, seed: int, out: Path) -> int:
+        """`acetune generate` on a 1.5 checkpoint: `AceStepPipeline` with every `--lora` applied."""
+        from acetune.audio import audio_write
+
+        dtype = {"auto": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+        device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
+            "cpu" if args.device == "auto" else args.device)
+        if args.dtype == "auto" and device != "cpu":
+            dtype = torch.bfloat16
+        pipe = generation.load_pipeline(args.checkpoint_dir, dtype=dtype, device=device)
+        for path, strength in args.loras:
+            generation.apply_lora(pipe, path, strength)
+        wav = generation.generate(pipe, args.prompt, lyrics=lyrics, duration=args.duration, steps=args.steps,
+                                seed=seed, guidance_scale=args.guidance_scale)
+        audio_write(out, wav, pipe.sample_rate)
+        print(out)
+        print(f"{wav.shape[-1] / pipe.sample_rate:.2f} s, {pipe.sample_rate // 1000} kHz stereo, seed {seed}, "
+              f"{args.steps} steps (ACE-Step 1.5)")
+        return 0
 
     def detect(self, checkpoint_dir: Path) -> bool:
         try:
@@ -128,6 +171,10 @@ class V15Family:
         return objective.flow_matching_loss(model, batch, getattr(model, SILENCE_BUFFER),
                                             null_condition=getattr(model, NULL_BUFFER), generator=generator,
                                             noise=noise, t=t)
+
+    def wrap_lora_setup(self, setup):
+        """The shared trainer's LoRA setup keyed by this model's module paths (`adapters.PeftKeyedSetup`)."""
+        return adapters.PeftKeyedSetup(setup)
 
     def condition_tensors(self, checkpoint_dir: Path) -> dict[str, torch.Tensor]:
         """`silence_latent` (1, N, C) and `null_condition_emb` (1, 1, D) of `AceStepConditionEncoder`,

@@ -13,7 +13,16 @@ from pathlib import Path
 import torch
 
 from acetune.errors import CheckpointError, InputError
-from acetune.models.v15.adapters import COMFYUI_PREFIX, adapter_state, merge_comfyui_file
+from acetune.models.v15.adapters import (
+    COMFYUI_PREFIX,
+    SAVED_WEIGHTS_FILE,
+    adapter_state,
+    comfyui_deltas,
+    comfyui_state,
+    diffusers_name,
+    merge_comfyui_file,
+    read_trained_lora,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +39,7 @@ def load_pipeline(checkpoint_dir: str | Path, dtype: torch.dtype = torch.float32
     return pipe.to(device)
 
 
-def load_lora_checked(pipe, lora_file: str | Path, scale: float = 1.0) -> int:
+def load_lora_checked(pipe, lora_file: str | Path, scale: float = 1.0, adapter_name: str = "acetune") -> int:
     """Load a diffusers-layout LoRA; `InputError` unless every tensor in the file landed. Returns count."""
     from safetensors import safe_open
 
@@ -39,14 +48,45 @@ def load_lora_checked(pipe, lora_file: str | Path, scale: float = 1.0) -> int:
         keys = list(f.keys())
     if keys and keys[0].startswith(COMFYUI_PREFIX):
         return merge_comfyui_file(pipe.transformer, lora_file, strength=scale)
-    pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name="acetune")
-    pipe.set_adapters(["acetune"], [scale])
-    loaded = {f"transformer.{k}" for k in adapter_state(pipe.transformer, "acetune")}
+    pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=adapter_name)
+    pipe.set_adapters([adapter_name], [scale])
+    loaded = {f"transformer.{k}" for k in adapter_state(pipe.transformer, adapter_name)}
     unused = sorted(set(keys) - loaded)
     if unused:
         raise InputError(f"{len(unused)} LoRA tensors match no module of this model (first: {unused[0]})",
                          path=lora_file, fix="export the LoRA again for this ACE-Step 1.5 checkpoint")
     return len(keys)
+
+
+@torch.no_grad()
+def apply_lora(pipe, path: str | Path, strength: float = 1.0) -> int:
+    """Apply any 1.5 adapter file or training checkpoint folder to `pipe.transformer`; returns tensors/modules.
+
+    diffusers layout (`transformer.` keys): `load_lora_checked`. ComfyUI layout: merged. The trainer's
+    saved layout (bare keys + adapter_config.json, e.g. a step-NNNNNN folder): merged at its peft scale.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    weights = path / SAVED_WEIGHTS_FILE if path.is_dir() else path
+    if not weights.is_file():
+        raise InputError("LoRA file not found", path=weights, fix="pass a .safetensors file or a step-NNNNNN folder")
+    with safe_open(str(weights), "pt") as f:
+        first = next(iter(f.keys()), "")
+    if first.startswith("transformer."):
+        return load_lora_checked(pipe, weights, strength, adapter_name=f"acetune_{weights.stem}")
+    if first.startswith(COMFYUI_PREFIX):
+        return merge_comfyui_file(pipe.transformer, weights, strength)
+    state, config = read_trained_lora(weights)
+    modules = dict(pipe.transformer.named_modules())
+    deltas = comfyui_deltas(comfyui_state(state, config), strength)
+    for name, delta in deltas.items():
+        linear = modules.get(diffusers_name(name))
+        if linear is None:
+            raise InputError(f"LoRA module {diffusers_name(name)} is not in this model", path=weights,
+                             fix="use a LoRA trained on this ACE-Step 1.5 checkpoint")
+        linear.weight += delta.to(linear.weight)
+    return len(deltas)
 
 
 def generate(pipe, prompt: str, lyrics: str = "", duration: float = 10.0, steps: int = 8, seed: int = 0,

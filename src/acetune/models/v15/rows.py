@@ -59,6 +59,8 @@ def encode_part(songs: list[SongRecord], enc: Encoders15, settings, report,
             text = SongText.from_song(song)
             song_rows = []
             for n, clip, seconds in windows:
+                # v1's reference pads clips to 3 s; the 1.5 trainer encodes the audio as it is
+                clip = clip[:, : max(1, round(seconds * enc.sample_rate))]
                 # seeded by song key and window: reruns and shards draw the same VAE posterior sample
                 seed = zlib.crc32(f"{settings.seed}:{song.keys}:{n}".encode())
                 encoded = encode_song(enc.pipe, clip, text, seed=seed)

@@ -1,0 +1,223 @@
+"""Benchmark acetune's training step on CPU: time per optimizer step and peak RSS, plus the official peak.
+
+The measured step is the trainer's own: `make_batch` -> `V1Family.training_loss` (noise, logit-normal
+timestep, forward, masked MSE + SSL losses) -> backward -> clip -> AdamW step, with the run's memory
+features on (unused `cross_attn.add_*` never resident, lyric-encoder output cached, LoRA fp32 over
+bf16 weights under autocast). Cases as ../shared/facts/reference-baseline.md: batch 1, text 20 tokens,
+lyrics 200 tokens, SSL targets at 75 Hz / 50 Hz (dims from the config: 1024/768 medium, 24/16 tiny),
+rsLoRA r 64 alpha 1 on to_q/to_k/to_v/to_out.0, gradient checkpointing, det_init weights, medians of
+5 after 2 warm-ups, each case in its own process (peak RSS includes the imports).
+
+The official 3.5B at 360 s is estimated, not run: weights and LoRA state are counted exactly on a
+meta-device model, activations are the bytes autograd saves (counted with `saved_tensors_hooks` on
+meta tensors, so nothing is computed): the checkpointed whole-model forward, plus one block's
+recompute, plus 3x that block's largest saved tensor for gradient transients.
+
+    OMP_NUM_THREADS=2 python benchmarks/train.py                 # all cases (~3 min on 2 cores)
+    python benchmarks/train.py --analytic                        # only the official estimate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+FRAMES = {"10s": 108, "60s": 646, "360s": int(360 * 44100 / 512 / 8)}
+SSL_HZ = (75, 50)
+LORA = {"r": 64, "lora_alpha": 1, "use_rslora": True, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
+CASES = [("tiny", "fp32", "10s"), ("tiny", "fp32", "60s"), ("medium", "bf16", "10s"), ("medium", "bf16", "60s"),
+         ("medium", "fp32", "10s"), ("medium", "fp32", "60s")]
+# reference-baseline.md medians (time range in s, peak RSS GB) for the same cases
+REFERENCE = {("tiny", "fp32", "10s"): ("0.035-0.050", "0.69"), ("tiny", "fp32", "60s"): ("0.074-0.084", "0.71"),
+             ("medium", "bf16", "10s"): ("0.69-0.93", "1.3-1.4"), ("medium", "bf16", "60s"): ("2.29-2.89", "1.5-1.7"),
+             ("medium", "fp32", "10s"): ("1.12-1.49", "1.9"), ("medium", "fp32", "60s"): ("3.44-3.99", "2.3")}
+
+
+def configs() -> dict[str, dict]:
+    from acetune.models.v1.transformer import tiny_transformer_config
+
+    medium = dict(num_layers=6, num_attention_heads=8, attention_head_dim=128, ssl_encoder_depths=[3, 3])
+    return {"tiny": tiny_transformer_config(), "medium": medium, "official": {}}
+
+
+def build(name: str, dtype, device="cpu"):
+    """Model with det_init weights, add_* dropped, rsLoRA r64 (fp32 LoRA over `dtype` weights)."""
+    import torch
+
+    from acetune.models.v1.loading import build_transformer
+    from acetune.parity.det_init import det_init_
+    from acetune.training.lora import add_lora
+
+    model = build_transformer(configs()[name])  # meta
+    model.drop_unused_projections()
+    if device == "cpu":
+        det_init_(model)
+        model.to(dtype)
+    else:
+        model.to(dtype)
+    model.enable_gradient_checkpointing()
+    setup = add_lora(model, LORA, lora_dtype=torch.float32)
+    return model.train(), setup
+
+
+def sample(cfg, length: str):
+    import torch
+
+    from acetune.training.data import Sample
+
+    frames, seconds = FRAMES[length], int(length[:-1])
+    g = torch.Generator().manual_seed(0)
+    return Sample(key="bench", latents=torch.randn(8, 16, frames, generator=g),
+                  text_embeds=torch.randn(1, 20, cfg.text_embedding_dim, generator=g), text_mask=torch.ones(1, 20),
+                  lyric_ids=torch.randint(1, 6000, (200,), generator=g), lyric_mask=torch.ones(200),
+                  speaker=torch.zeros(cfg.speaker_embedding_dim),
+                  ssl={n: torch.randn(seconds * hz, d, generator=g)
+                       for n, hz, d in zip(cfg.ssl_names, SSL_HZ, cfg.ssl_latent_dims)})
+
+
+def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: int = 2) -> dict:
+    import torch
+
+    from acetune.models.v1.family import FAMILY
+    from acetune.training.data import ConditionDropout, LyricCache, batch_to, make_batch
+    from acetune.training.optim import build_optimizer
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    model, setup = build(name, dtype)
+    s = sample(model.config, length)
+    cache = LyricCache()
+    cache.fill(model, [s], torch.device("cpu"), dtype)
+    FAMILY.prepare_for_training(model, use_ssl=True, drop_lyric_path=True)
+    optimizer = build_optimizer(setup.params, "adamw", lr=1e-4)
+    ssl_names = tuple(model.config.ssl_names)
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        batch = batch_to(make_batch([s], dropout=ConditionDropout(), lyric_cache=cache, ssl_names=ssl_names),
+                         torch.device("cpu"), dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            terms = FAMILY.training_loss(model, batch, shift=3.0, ssl_coeff=1.0)
+        terms.loss.backward()
+        torch.nn.utils.clip_grad_norm_(setup.params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return {"time_s": statistics.median(times), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+# ---- the official config at 360 s, estimated ----
+
+def _saved_bytes(fn) -> tuple[int, int]:
+    """(total, largest) bytes autograd saves while running `fn` (meta tensors: nothing is computed)."""
+    import torch
+
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(sizes), max(sizes, default=0)
+
+
+def analytic_official(seconds: int = 360) -> list[tuple[str, float, float]]:
+    """[(term, GB bf16, GB int8)] for training the official config, LoRA r64, SSL on, lyrics cached."""
+    import torch
+
+    model, setup = build("official", torch.bfloat16, device="meta")
+    cfg = model.config
+    w, frames = model.inner_dim, FRAMES["360s"] if seconds == 360 else int(seconds * 44100 / 512 / 8)
+    freed = {"cross_attn.add_*": 4 * (w * w + w) * cfg.num_layers}
+    lyric_params = sum(p.numel() for m in (model.lyric_embs, model.lyric_encoder, model.lyric_proj)
+                       for p in m.parameters())
+    model.lyric_embs = model.lyric_encoder = model.lyric_proj = None  # cached output instead
+    base = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    bf16 = sum(p.numel() for _, p in base) * 2
+    # int8 (optimum-quanto): every nn.Linear weight inside the blocks -> 1 byte + one bf16 scale per row
+    linear_w = sum(m.weight.numel() for m in model.transformer_blocks.modules()
+                   if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
+    linear_rows = sum(m.weight.shape[0] for m in model.transformer_blocks.modules()
+                      if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
+    int8 = bf16 - linear_w * 2 + linear_w + linear_rows * 2
+    lora_state = sum(p.numel() for p in setup.params) * 4 * 4  # fp32 param + grad + 2 AdamW moments
+
+    def batch(n_frames):
+        t = torch.zeros
+        return {"target_latents": t(1, 8, 16, n_frames, device="meta", dtype=torch.bfloat16),
+                "attention_mask": t(1, n_frames, device="meta", dtype=torch.bfloat16),
+                "encoder_text_hidden_states": t(1, 20, 768, device="meta", dtype=torch.bfloat16),
+                "text_attention_mask": t(1, 20, device="meta", dtype=torch.bfloat16),
+                "speaker_embeds": t(1, 512, device="meta", dtype=torch.bfloat16),
+                "lyric_token_idx": t(1, 200, device="meta", dtype=torch.long),
+                "lyric_mask": t(1, 200, device="meta", dtype=torch.bfloat16),
+                "lyric_hidden_states": t(1, 200, w, device="meta", dtype=torch.bfloat16),
+                "ssl_hidden_states": [[t(seconds * hz, d, device="meta", dtype=torch.bfloat16)]
+                                      for hz, d in zip(SSL_HZ, cfg.ssl_latent_dims)]}
+
+    from acetune.models.v1.family import FAMILY
+
+    b = batch(frames)
+    noise, u = torch.zeros_like(b["target_latents"]), torch.zeros(1)
+    whole, _ = _saved_bytes(lambda: FAMILY.training_loss(model, b, noise=noise, u=u))
+    block = model.transformer_blocks[0]
+    x = torch.zeros(1, frames, w, device="meta", dtype=torch.bfloat16)
+    ctx = torch.zeros(1, 221, w, device="meta", dtype=torch.bfloat16)
+    from acetune.models.v1.attention import rope_tables
+
+    rope = rope_tables(frames, cfg.attention_head_dim, cfg.rope_theta, torch.device("meta"))
+    rope_c = rope_tables(221, cfg.attention_head_dim, cfg.rope_theta, torch.device("meta"))
+    temb = torch.zeros(1, 6 * w, device="meta", dtype=torch.bfloat16)
+    mask, cmask = torch.ones(1, frames, device="meta"), torch.ones(1, 221, device="meta")
+    one_block, largest = _saved_bytes(lambda: block(x, mask, ctx, cmask, temb, rope, rope_c))
+    gb = 1e9
+    acts = (whole + one_block + 3 * largest) / gb
+    terms = [
+        ("base weights (add_* never loaded, lyric path cached)", bf16 / gb, int8 / gb),
+        ("LoRA r64 fp32 params + grads + AdamW", lora_state / gb, lora_state / gb),
+        ("activations: checkpointed forward (saved)", whole / gb, whole / gb),
+        ("activations: one block recompute + grad transients", (one_block + 3 * largest) / gb,
+         (one_block + 3 * largest) / gb),
+    ]
+    total_bf16, total_int8 = sum(t[1] for t in terms), sum(t[2] for t in terms)
+    terms.append(("total", total_bf16, total_int8))
+    terms.append((f"(saved by the memory features: add_* {freed['cross_attn.add_*'] * 2 / gb:.2f} GB, "
+                  f"lyric path {lyric_params * 2 / gb:.2f} GB; activations {acts:.2f} GB)", float("nan"), float("nan")))
+    return terms
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--analytic", action="store_true", help="only the official-config estimate")
+    ap.add_argument("--case", nargs=3, metavar=("CONFIG", "DTYPE", "LENGTH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.case:
+        print(json.dumps(measure(*args.case)))
+        return 0
+    if not args.analytic:
+        print(f"{'config':<7} {'dtype':<5} {'audio':>5} {'s/step':>8} {'peak RSS GB':>12}   reference s/step, GB")
+        for case in CASES:
+            res = subprocess.run([sys.executable, __file__, "--case", *case], capture_output=True, text=True)
+            if res.returncode:
+                print(f"{' '.join(case)}: failed: {res.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            ref = REFERENCE[case]
+            print(f"{case[0]:<7} {case[1]:<5} {case[2]:>5} {r['time_s']:>8.3f} {r['peak_rss_gb']:>12.2f}   "
+                  f"{ref[0]} s, {ref[1]} GB", flush=True)
+    print("\nofficial config, 360 s, LoRA r64, SSL on, gradient checkpointing (estimate; goal < 10 GB / < 6 GB):")
+    print(f"  {'term':<58} {'bf16 GB':>8} {'int8 GB':>8}")
+    for label, a, b in analytic_official():
+        print(f"  {label:<58} {a:>8.2f} {b:>8.2f}" if a == a else f"  {label}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

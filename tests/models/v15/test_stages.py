@@ -1,0 +1,100 @@
+"""ACE-Step 1.5 through the shared stages: build-dataset -> preprocess -> train -> export -> generate.
+
+The tiny 1.5 checkpoint is built from the diffusers classes in the official folder layout; each
+stage runs in-process through `run_command`, as `acetune <stage> ...` would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tests.audio_fixtures import make_audio
+
+from acetune.cli import run_command
+from acetune.models.v15.generate import load_lora_checked, load_pipeline
+from acetune.models.v15.tiny import save_tiny_checkpoint_v15
+from acetune.schema import load_dataset
+from acetune.schema_v15 import FAMILY_NAME, decode
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """(checkpoint, preprocessed dataset folder) for one 2 s song with the 1.5 sidecars."""
+    base = tmp_path_factory.mktemp("v15stages")
+    checkpoint = save_tiny_checkpoint_v15(base / "acestep-v15-tiny")
+    songs = base / "songs"
+    songs.mkdir()
+    make_audio(songs / "neon.wav", seconds=2.0)
+    (songs / "neon.caption.txt").write_text("dark synthwave, female vocals", encoding="utf-8")
+    (songs / "neon.lyrics.txt").write_text("[verse]\nneon rain", encoding="utf-8")
+    (songs / "neon.json").write_text(json.dumps({"bpm": 118, "keyscale": "A minor", "timesignature": "4",
+                                                 "language": "en"}), encoding="utf-8")
+    assert run_command("build-dataset", ["--data_dir", str(songs), "--output_name", str(base / "ds")]) == 0
+    assert run_command("preprocess", ["--input_name", str(base / "ds"), "--output_name", str(base / "prep"),
+                                      "--checkpoint_dir", str(checkpoint), "--model_family", FAMILY_NAME,
+                                      "--device", "cpu", "--storage_dtype", "float32", "--num_workers", "0"]) == 0
+    return checkpoint, base / "prep"
+
+
+def test_preprocess_writes_15_rows(prepared):
+    checkpoint, prep = prepared
+    ds, meta = load_dataset(prep)
+    assert meta.family == FAMILY_NAME and len(ds) == 1
+    row = ds[0]
+    assert "- bpm: 118" in row["prompts"][0] and "- keyscale: A minor" in row["prompts"][0]
+    assert row["lyrics_warning"].startswith("# Languages\nen\n\n# Lyric\n[verse]\nneon rain")
+    tensors = decode(row, meta.storage_dtype)
+    assert tensors["latents"].shape == (8, 50) and tensors["encoder_states"].shape[1] == 32
+
+
+def _train_argv(checkpoint: Path, prep: Path, out: Path, *extra: str) -> list[str]:
+    lora = out.parent / "lora_r8.json"
+    lora.write_text(json.dumps({"r": 8, "lora_alpha": 16, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}))
+    return ["--dataset_path", str(prep), "--checkpoint_dir", str(checkpoint), "--output_dir", str(out),
+            "--lora_config_path", str(lora), "--precision", "32", "--device", "cpu", "--logger", "none",
+            "--text_dropout", "0", "--no-cache_lyrics", *extra]
+
+
+def test_overfit_check_passes(prepared, tmp_path, capsys):
+    checkpoint, prep = prepared
+    assert run_command("train", _train_argv(checkpoint, prep, tmp_path / "out", "--overfit_check")) == 0
+    assert "overfit check PASSED" in capsys.readouterr().out
+
+
+def test_train_export_load_generate(prepared, tmp_path, capsys):
+    checkpoint, prep = prepared
+    out = tmp_path / "out"
+    argv = _train_argv(checkpoint, prep, out, "--max_steps", "4", "--every_n_train_steps", "2",
+                       "--learning_rate", "1e-3", "--warmup_steps", "1")
+    assert run_command("train", argv) == 0
+    step = out / "step-000004"
+    trained = load_file(str(step / "pytorch_lora_weights.safetensors"))
+    assert len(trained) == 2 * 4 * 2 * 2  # layers x projections x attentions x (A, B)
+    assert json.loads((step / "train_config.json").read_text())["family"] == FAMILY_NAME
+    # resume continues from the saved LoRA and optimizer state
+    argv[argv.index("--max_steps") + 1] = "6"
+    assert run_command("train", [*argv, "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out and (out / "step-000006").is_dir()
+
+    # export for diffusers: every key lands in AceStepPipeline
+    assert run_command("export", ["--input_name", str(step), "--output_name", str(tmp_path / "diffusers")]) == 0
+    pipe = load_pipeline(checkpoint)
+    assert load_lora_checked(pipe, tmp_path / "diffusers" / "pytorch_lora_weights.safetensors") == len(trained)
+    # export for ComfyUI: the official 1.5 names
+    comfy = tmp_path / "comfy.safetensors"
+    assert run_command("export", ["--input_name", str(step), "--format", "comfyui", "--output_name", str(comfy)]) == 0
+    keys = list(load_file(str(comfy)))
+    assert all(k.startswith("base_model.model.layers.") for k in keys) and any(".q_proj.lora_A" in k for k in keys)
+
+    wav_path = tmp_path / "clip.wav"
+    assert run_command("generate", ["--checkpoint_dir", str(checkpoint), "--prompt", "dark synthwave",
+                                    "--lyrics", "neon rain", "--duration", "1", "--steps", "2", "--seed", "0",
+                                    "--lora", str(step), "--output", str(wav_path), "--device", "cpu"]) == 0
+    from acetune.audio import audio_read
+
+    wav = audio_read(wav_path, 48000)
+    assert wav.shape == (2, 48000) and torch.isfinite(wav).all() and wav.abs().max() > 0
