@@ -128,11 +128,13 @@ def _saved_bytes(fn) -> tuple[int, int]:
     return sum(sizes), max(sizes, default=0)
 
 
-def analytic_official(seconds: int = 360) -> list[tuple[str, float, float]]:
-    """[(term, GB bf16, GB int8)] for training the official config, LoRA r64, SSL on, lyrics cached."""
+def analytic_official(seconds: int = 360, ssl: bool = True) -> list[tuple[str, float, float]]:
+    """[(term, GB bf16, GB int8)] for training the official config, LoRA r64, lyrics cached."""
     import torch
 
     model, setup = build("official", torch.bfloat16, device="meta")
+    if not ssl:
+        model.projectors = torch.nn.ModuleList()
     cfg = model.config
     w, frames = model.inner_dim, FRAMES["360s"] if seconds == 360 else int(seconds * 44100 / 512 / 8)
     freed = {"cross_attn.add_*": 4 * (w * w + w) * cfg.num_layers}
@@ -141,11 +143,13 @@ def analytic_official(seconds: int = 360) -> list[tuple[str, float, float]]:
     model.lyric_embs = model.lyric_encoder = model.lyric_proj = None  # cached output instead
     base = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
     bf16 = sum(p.numel() for _, p in base) * 2
-    # int8 (optimum-quanto): every nn.Linear weight inside the blocks -> 1 byte + one bf16 scale per row
-    linear_w = sum(m.weight.numel() for m in model.transformer_blocks.modules()
-                   if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
-    linear_rows = sum(m.weight.shape[0] for m in model.transformer_blocks.modules()
-                      if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
+    # int8 (`stages.train.quantize_int8`): every Linear and kernel-1 Conv1d weight inside the blocks ->
+    # 1 byte + one bf16 scale per output row
+    quantized = [m.weight for m in model.transformer_blocks.modules()
+                 if (isinstance(m, torch.nn.Linear) or (isinstance(m, torch.nn.Conv1d) and m.kernel_size == (1,)
+                                                        and m.groups == 1)) and not m.weight.requires_grad]
+    linear_w = sum(w.numel() for w in quantized)
+    linear_rows = sum(w.shape[0] for w in quantized)
     int8 = bf16 - linear_w * 2 + linear_w + linear_rows * 2
     lora_state = sum(p.numel() for p in setup.params) * 4 * 4  # fp32 param + grad + 2 AdamW moments
 
@@ -160,7 +164,7 @@ def analytic_official(seconds: int = 360) -> list[tuple[str, float, float]]:
                 "lyric_mask": t(1, 200, device="meta", dtype=torch.bfloat16),
                 "lyric_hidden_states": t(1, 200, w, device="meta", dtype=torch.bfloat16),
                 "ssl_hidden_states": [[t(seconds * hz, d, device="meta", dtype=torch.bfloat16)]
-                                      for hz, d in zip(SSL_HZ, cfg.ssl_latent_dims)]}
+                                      for hz, d in zip(SSL_HZ, cfg.ssl_latent_dims)] if ssl else None}
 
     from acetune.models.v1.family import FAMILY
 
@@ -212,10 +216,12 @@ def main() -> int:
             ref = REFERENCE[case]
             print(f"{case[0]:<7} {case[1]:<5} {case[2]:>5} {r['time_s']:>8.3f} {r['peak_rss_gb']:>12.2f}   "
                   f"{ref[0]} s, {ref[1]} GB", flush=True)
-    print("\nofficial config, 360 s, LoRA r64, SSL on, gradient checkpointing (estimate; goal < 10 GB / < 6 GB):")
-    print(f"  {'term':<58} {'bf16 GB':>8} {'int8 GB':>8}")
-    for label, a, b in analytic_official():
-        print(f"  {label:<58} {a:>8.2f} {b:>8.2f}" if a == a else f"  {label}")
+    for ssl in (True, False):
+        print(f"\nofficial config, 360 s, LoRA r64, SSL {'on' if ssl else 'off (no projectors)'}, gradient "
+              "checkpointing (estimate; goal < 10 GB bf16 / < 6 GB int8):")
+        print(f"  {'term':<58} {'bf16 GB':>8} {'int8 GB':>8}")
+        for label, a, b in analytic_official(ssl=ssl):
+            print(f"  {label:<58} {a:>8.2f} {b:>8.2f}" if a == a else f"  {label}")
     return 0
 
 

@@ -219,3 +219,19 @@ def test_int8_base_weights(tiny, tmp_path):
     argv = train_argv(data, checkpoint, tmp_path / "out", "--max_steps", "2", "--int8", "--precision", "bf16-mixed")
     assert run_command("train", argv) == 0
     assert ckpt.find_latest_checkpoint(tmp_path / "out").name == "step-000002"
+
+
+def test_pointwise_convs_as_linear_keep_the_output():
+    """`--int8` first turns GLUMBConv's kernel-1 convs into linears (quanto has no Conv1d): same output."""
+    from acetune.models.v1.transformer import ACEStepTransformer2DModel, tiny_transformer_config
+    from acetune.stages.train import as_linear_pointwise_convs
+
+    torch.manual_seed(0)
+    model = ACEStepTransformer2DModel(**tiny_transformer_config()).eval()
+    ff = model.transformer_blocks[0].ff
+    x = torch.randn(2, 7, model.inner_dim)
+    with torch.no_grad():
+        before = ff(x)
+        assert as_linear_pointwise_convs(model) == 2 * 2  # inverted + point conv per block
+        after = ff(x)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)

@@ -168,12 +168,46 @@ def check_dataset(meta, family, checkpoint_dir: Path, dataset_path: str) -> None
                             fix="preprocess the songs again with this --checkpoint_dir")
 
 
+class PointwiseConv(torch.nn.Module):
+    """A kernel-1 Conv1d as a Linear over channels, so quanto (which has no Conv1d) can quantize it.
+
+    x (B, C_in, S) -> (B, C_out, S); same arithmetic as the convolution it replaces.
+    """
+
+    def __init__(self, conv: torch.nn.Conv1d):
+        super().__init__()
+        self.linear = torch.nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None,
+                                      device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            self.linear.weight.copy_(conv.weight[:, :, 0])
+            if conv.bias is not None:
+                self.linear.bias.copy_(conv.bias)
+        self.linear.requires_grad_(conv.weight.requires_grad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.transpose(1, 2)).transpose(1, 2)
+
+
+def as_linear_pointwise_convs(model: torch.nn.Module) -> int:
+    """Swap every ungrouped kernel-1 Conv1d inside the blocks (GLUMBConv's inverted/point convs: a third
+    of the official model) for `PointwiseConv`; returns the count. Module paths are unchanged."""
+    count = 0
+    for module in list(model.transformer_blocks.modules()):
+        conv = getattr(module, "conv", None)
+        if isinstance(conv, torch.nn.Conv1d) and conv.kernel_size == (1,) and conv.groups == 1:
+            module.conv = PointwiseConv(conv)
+            count += 1
+    return count
+
+
 def quantize_int8(model: torch.nn.Module) -> int:
-    """int8 weights for every Linear of the transformer blocks (optimum-quanto); returns the count."""
+    """int8 weights for every Linear and pointwise conv of the transformer blocks (optimum-quanto); returns
+    the number of quantized layers. Apply before the LoRA is added."""
     try:
         from optimum.quanto import freeze, qint8, quantize
     except ImportError as err:
         raise UsageError("--int8 needs optimum-quanto", fix="pip install optimum-quanto") from err
+    as_linear_pointwise_convs(model)
     quantize(model.transformer_blocks, weights=qint8)
     freeze(model.transformer_blocks)
     qlinears = [m for m in model.transformer_blocks.modules() if type(m).__name__ == "QLinear"]

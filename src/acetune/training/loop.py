@@ -228,7 +228,8 @@ def fit(run: TrainRun) -> dict:
             step += 1
             steps_run += 1
             # 4. log the mean over the accumulation window (.item(): one sync per optimizer step)
-            metrics = {f"train/{k}": torch.stack([w[k] for w in window]).float().mean().item() for k in window[0]}
+            names = [k for k in window[0] if all(k in w for w in window)]  # an SSL term may be absent in a batch
+            metrics = {f"train/{k}": torch.stack([w[k] for w in window]).float().mean().item() for k in names}
             window.clear()
             metrics["train/learning_rate"] = run.scheduler.get_last_lr()[0]
             if grad_norm is not None:

@@ -1,0 +1,115 @@
+"""`acetune demo --quick` end to end in a temp dir (CPU, ~25 s), plus its tiny lyric vocab and songs.
+
+Asserts every stage's outputs: the tiny checkpoint in the official layout, the songs and sidecars,
+the filename dataset, the preprocessed dataset, the LoRA checkpoint with validation renders at the
+first and last step, a fixed-noise loss on the songs that fell, the exported ComfyUI file, and a
+valid 48 kHz stereo render.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from safetensors import safe_open
+
+from acetune.errors import UsageError
+from acetune.layout import LYRIC_VOCAB_FILE, V1_COMPONENT_DIRS
+from acetune.stages import demo
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> tuple[Path, dict, str]:
+    workdir = tmp_path_factory.mktemp("demo") / "acetune_demo"
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACETUNE_NO_PROGRESS="1")
+    proc = subprocess.run([sys.executable, "-m", "acetune", "demo", "--quick", "--workdir", str(workdir),
+                           "--steps", str(STEPS)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return workdir, json.loads((workdir / demo.SUMMARY_FILE).read_text()), proc.stdout
+
+
+def test_every_stage_ran(demo_run):
+    _, summary, out = demo_run
+    names = [s["name"] for s in summary["stages"]]
+    assert names == ["model set + songs", "build-dataset", "preprocess", "train", "export", "generate"]
+    assert all(s["code"] == 0 for s in summary["stages"])
+    assert "=== acetune demo: done ===" in out and "$ acetune preprocess --input_name" in out
+
+
+def test_model_set_and_songs(demo_run):
+    from tokenizers import Tokenizer
+
+    w, _, _ = demo_run
+    ckpt = w / demo.CHECKPOINT
+    assert all((ckpt / d / "config.json").is_file() for d in V1_COMPONENT_DIRS)
+    vocab = Tokenizer.from_file(str(ckpt / LYRIC_VOCAB_FILE))
+    config = json.loads((ckpt / "ace_step_transformer" / "config.json").read_text())
+    assert config["lyric_encoder_vocab_size"] == vocab.get_vocab_size()
+    songs = w / "songs"
+    wavs = sorted(songs.glob("*.wav"))
+    assert len(wavs) == 3 and len(list(songs.glob("*_prompt.txt"))) == 3 and len(list(songs.glob("*_lyrics.txt"))) == 1
+    for wav in wavs:
+        info = sf.info(str(wav))
+        assert (info.samplerate, info.channels) == (48000, 2) and 2.5 < info.duration < 4.5
+
+
+def test_datasets(demo_run):
+    from datasets import load_from_disk
+
+    from acetune.schema import load_dataset
+
+    w, _, _ = demo_run
+    rows = load_from_disk(str(w / "data" / "filenames"))
+    assert len(rows) == 3 and sum("walking down the river" in r for r in rows["norm_lyrics"]) == 1
+    prep, meta = load_dataset(str(w / "data" / "prep"))
+    assert len(prep) == 3 and meta.family == "ace-step-v1" and meta.prompt_variants == 2
+
+
+def test_training_overfit_and_validation(demo_run):
+    from acetune.training.checkpoint import CHECKPOINT_FILES
+
+    w, summary, _ = demo_run
+    run_dir = w / "runs" / "demo"
+    step_dir = run_dir / f"step-{STEPS:06d}"
+    assert all((step_dir / f).is_file() for f in CHECKPOINT_FILES)
+    for step in (0, STEPS):
+        render = run_dir / "validation" / f"step-{step:06d}" / "0.wav"
+        assert sf.info(str(render)).samplerate == 48000
+    before, after = next(s for s in summary["stages"] if s["name"] == "train")["facts"]["overfit_loss"]
+    assert after < before, (before, after)
+
+
+def test_export_and_generate(demo_run):
+    w, _, _ = demo_run
+    with safe_open(str(w / "demo_style_comfyui.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("diffusion_model.") for k in keys)
+    wav, sr = sf.read(str(w / "generated.wav"), always_2d=True)
+    assert sr == 48000 and wav.shape[1] == 2 and wav.shape[0] > sr
+    assert np.isfinite(wav).all() and np.abs(wav).max() > 1e-3
+
+
+def test_tiny_lyric_vocab_keeps_the_special_ids(tmp_path):
+    from acetune.demo_songs import SONGS
+    from acetune.models.v1.lyrics import LINE_BREAK_ID, START_ID, UNK_ID, LyricTokenizer
+
+    size = demo.write_tiny_lyric_vocab(tmp_path / "vocab.json", [s.lyrics for s in SONGS if s.lyrics])
+    tok = LyricTokenizer.from_vocab(tmp_path / "vocab.json")
+    ids = tok.tokenize_pipeline(SONGS[2].lyrics)
+    assert ids[0] == START_ID and LINE_BREAK_ID in ids and UNK_ID not in ids and max(ids) < size
+    assert tok.tokenizer.token_to_id("[verse]") is not None and tok.tokenizer.token_to_id("[STOP]") == 0
+
+
+def test_workdir_not_made_by_the_demo_is_refused(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(UsageError, match="not made by acetune demo"):
+        demo.prepare_workdir(tmp_path)
+    assert (tmp_path / "mine.txt").is_file()
