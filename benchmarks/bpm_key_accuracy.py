@@ -155,6 +155,16 @@ def evaluate(cases: list[Case]) -> dict:
             "key_exact": key_ok / n, "failures": failures}
 
 
+def rows(quick: bool) -> list[tuple[str, str, float, str]]:
+    """(what, config, figure, unit) rows for benchmarks/run.py; quick: 24 clips of 8 s (one per key)."""
+    clips, seconds = (24, 8.0) if quick else (120, 20.0)
+    r = evaluate(make_cases(clips, seconds))
+    config = f"{clips} synthetic clips of {seconds:g} s, 60-180 BPM, 24 keys"
+    return [("tempo hit or octave (goal 95%)", config, 100 * r["tempo_hit_or_octave"], "%"),
+            ("tempo within 2 BPM", config, 100 * r["tempo_hit"], "%"),
+            ("key exact (goal 80%)", config, 100 * r["key_exact"], "%")]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=120)

@@ -110,6 +110,28 @@ def analytic_official_360s_bf16_lora64() -> list[tuple[str, float]]:
     return terms + [("total (estimate)", sum(v for _, v in terms))]
 
 
+def run_case(name: str, length: str, ckpt: str, dtype: str, repeats: int) -> dict:
+    """One measurement in its own process (peak RSS is per process); raises RuntimeError if it failed."""
+    cmd = [sys.executable, __file__, "--case", name, length, ckpt, "--dtype", dtype, "--repeats", str(repeats)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"{res.stderr.strip().splitlines()[-1:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def rows(quick: bool) -> list[tuple[str, str, float, str]]:
+    """(what, config, figure, unit) rows for benchmarks/run.py; quick: tiny, 10 s, checkpointing on only."""
+    cases = [("tiny", "10s", "1")] if quick else [(n, length, c) for n in ("tiny", "medium") for length in FRAMES
+                                                  for c in ("0", "1")]
+    out = []
+    for name, length, ckpt in cases:
+        r = run_case(name, length, ckpt, "fp32", 2 if quick else 3)
+        config = f"{name} ({r['params'] / 1e6:.1f} M), {length}, ckpt {'on' if ckpt == '1' else 'off'}, fp32 LoRA r64"
+        out += [("transformer fwd+bwd", config, r["time_s"], "s"), ("transformer peak RSS", config, r["peak_rss_gb"], "GB")]
+    total = analytic_official_360s_bf16_lora64()[-1][1]
+    return out + [("transformer train peak (analytic)", "official 3.5B, 360 s, bf16, r64, ckpt", total, "GB")]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--official", action="store_true", help="also measure the official config (~14 GB RAM)")
@@ -126,13 +148,11 @@ def main() -> int:
     for name in names:
         for length in FRAMES:
             for ckpt in ("0", "1"):
-                cmd = [sys.executable, __file__, "--case", name, length, ckpt, "--dtype", args.dtype,
-                       "--repeats", str(args.repeats)]
-                res = subprocess.run(cmd, capture_output=True, text=True)
-                if res.returncode:
-                    print(f"{name:<9} {length} ckpt={ckpt}: failed: {res.stderr.strip().splitlines()[-1:]}")
+                try:
+                    r = run_case(name, length, ckpt, args.dtype, args.repeats)
+                except RuntimeError as err:
+                    print(f"{name:<9} {length} ckpt={ckpt}: failed: {err}")
                     continue
-                r = json.loads(res.stdout.strip().splitlines()[-1])
                 print(f"{name:<9} {r['params']:>14,} {length:>5} {'on' if ckpt == '1' else 'off':>5} "
                       f"{r['time_s']:>10.3f} {r['peak_rss_gb']:>12.2f}", flush=True)
     print("\nanalytic peak, official config, 360 s, LoRA r64, bf16, gradient checkpointing:")

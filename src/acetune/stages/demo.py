@@ -16,7 +16,6 @@ import contextlib
 import io
 import json
 import logging
-import re
 import shlex
 import shutil
 import sys
@@ -178,11 +177,6 @@ def _quote(a: str) -> str:
     return shlex.quote(a)
 
 
-def _float(pattern: str, text: str) -> list[float]:
-    m = re.search(pattern, text)
-    return [float(g) for g in m.groups()] if m else []
-
-
 def fixed_noise_loss(train_argv: list[str], output_dir: Path, init_lora: str = "") -> float:
     """Mean denoising loss over every training song at 3 fixed timesteps with fixed noise (no update).
 
@@ -269,7 +263,11 @@ def run(args: Args) -> int:
     common = ["--dataset_path", str(prep), "--checkpoint_dir", str(ckpt), "--lora_config_path", str(lora_config),
               "--precision", "32", "--device", args.device, "--seed", str(args.seed)]
     sung = next(s for s in chosen if s.lyrics)
+    import importlib.util
+
+    tb = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"  # installed by the [train] extra
     r = stage("train", [*common, "--output_dir", str(run_dir), "--exp_name", "demo", "--max_steps", str(args.steps),
+                        "--logger", tb,
                         "--learning_rate", "5e-3", "--warmup_steps", "2", "--every_n_train_steps", str(args.steps),
                         "--save_last", "1", "--text_dropout", "0", "--lyrics_dropout", "0", "--speaker_dropout", "0",
                         "--validation_prompt", sung.prompt, "--validation_lyrics", sung.lyrics,
