@@ -1,7 +1,6 @@
 """The README's two set-up commands stay true: CI runs the test command verbatim."""
 
 import re
-
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
