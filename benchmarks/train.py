@@ -85,6 +85,7 @@ def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: i
 
     from acetune.models.v1.family import FAMILY
     from acetune.training.data import ConditionDropout, LyricCache, batch_to, make_batch
+    from acetune.training.lora import lora_input_casting
     from acetune.training.optim import build_optimizer
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
@@ -96,18 +97,20 @@ def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: i
     optimizer = build_optimizer(setup.params, "adamw", lr=1e-4)
     ssl_names = tuple(model.config.ssl_names)
     times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        batch = batch_to(make_batch([s], dropout=ConditionDropout(), lyric_cache=cache, ssl_names=ssl_names),
-                         torch.device("cpu"), dtype)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            terms = FAMILY.training_loss(model, batch, shift=3.0, ssl_coeff=1.0)
-        terms.loss.backward()
-        torch.nn.utils.clip_grad_norm_(setup.params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    autocast = dtype == torch.bfloat16
+    with lora_input_casting(model, enabled=not autocast):  # as `training.loop.fit`
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            batch = batch_to(make_batch([s], dropout=ConditionDropout(), lyric_cache=cache, ssl_names=ssl_names),
+                             torch.device("cpu"), dtype)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                terms = FAMILY.training_loss(model, batch, shift=3.0, ssl_coeff=1.0)
+            terms.loss.backward()
+            torch.nn.utils.clip_grad_norm_(setup.params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
     return {"time_s": statistics.median(times), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 

@@ -247,6 +247,8 @@ def build_run(args: Args, echo=print):
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     setup = add_lora(model, lora_config, train_lyrics_embedder=args.train_lyrics_embedder, lora_dtype=lora_dtype)
+    if hasattr(family, "wrap_lora_setup"):  # a family keying LoRA files by its own module paths (ACE-Step 1.5)
+        setup = family.wrap_lora_setup(setup)
     if args.init_lora:
         count = init_lora_from_file(model, args.init_lora, setup)
         echo(f"initialised {count} LoRA modules from {args.init_lora}")
@@ -261,7 +263,7 @@ def build_run(args: Args, echo=print):
             args.validation_lyrics) == 1 else args.validation_lyrics or ""), duration=args.validation_duration,
             seed=args.validation_seed, every=args.validation_every)
     cache = None
-    if args.cache_lyrics and not touches_lyric_encoder(model):
+    if args.cache_lyrics and hasattr(model, "encode_lyrics") and not touches_lyric_encoder(model):
         cache = LyricCache()
         cache.fill(model, (dataset[i] for i in range(len(dataset))), device, compute_dtype)
     freed = family.prepare_for_training(model, use_ssl=use_ssl, drop_lyric_path=cache is not None and validation is None)

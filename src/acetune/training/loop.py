@@ -27,7 +27,7 @@ from acetune.progress import progress
 from acetune.training import checkpoint as ckpt
 from acetune.training.data import ConditionDropout, LyricCache, SongDataset, batch_to, make_batch
 from acetune.training.loggers import MetricsLogger
-from acetune.training.lora import LoraSetup
+from acetune.training.lora import LoraSetup, lora_input_casting
 from acetune.training.resume import (
     EpochShuffleSampler,
     batches_per_epoch,
@@ -133,7 +133,7 @@ def validate(run: TrainRun, step: int) -> None:
     was_training = run.model.training
     run.model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), lora_input_casting(run.model, True):  # renders run without autocast
             render_validation({**(run.config.validation_parts or {}), "transformer": run.model},
                               run.config.validation, step, run.config.output_dir, logger=run.metrics)
     finally:
@@ -165,6 +165,11 @@ def _check_replicas(run: TrainRun, world: int) -> bool:
 def fit(run: TrainRun) -> dict:
     """Train until `max_steps` (or `epochs`); returns the summary dict. Raises TrainingError on a
     non-finite loss (the newest checkpoint is the last good one; nothing is saved after it)."""
+    with lora_input_casting(run.model, enabled=not run.config.autocast):  # autocast casts (lossless)
+        return _fit(run)
+
+
+def _fit(run: TrainRun) -> dict:
     cfg, acc = run.config, run.accelerator
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     device = cfg.device
@@ -276,6 +281,11 @@ def overfit_check(run: TrainRun, max_steps: int = OVERFIT_MAX_STEPS, factor: flo
     A setup that cannot do this (frozen LoRA, broken data, wrong loss) cannot learn a style either.
     Returns {"passed", "first", "last", "ratio", "steps"}.
     """
+    with lora_input_casting(run.model, enabled=not run.config.autocast):
+        return _overfit_check(run, max_steps, factor, lr)
+
+
+def _overfit_check(run: TrainRun, max_steps: int, factor: float, lr: float) -> dict:
     cfg, device = run.config, run.config.device
     sample = run.dataset[0]
     ssl_names = run.dataset.ssl_names if cfg.ssl_coeff > 0 else ()

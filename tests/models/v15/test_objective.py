@@ -68,3 +68,25 @@ def test_comfyui_names_are_what_diffusers_converts_back():
                                torch.full((2, 4), 2.0))  # sqrt(alpha / r) = 2 on each factor
     back = AceStepPipeline.lora_state_dict(dict(comfy))
     assert set(back) == {f"transformer.{k}" for k in state}
+
+
+def test_dropped_condition_becomes_the_null_embedding():
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, hidden_states, encoder_hidden_states, **kw):
+            seen["states"] = encoder_hidden_states
+            return (hidden_states,)
+
+    rows = [{"latents": torch.randn(3, 5), "encoder_states": torch.randn(4, 2)},
+            {"latents": torch.randn(3, 5), "encoder_states": torch.randn(4, 2)}]
+    batch = objective.collate(rows)
+    batch["encoder_text_hidden_states"][1] = 0.0  # what the shared loader's text dropout does
+    null = torch.tensor([[[7.0, -7.0]]])
+    objective.flow_matching_loss(Spy(), batch, torch.zeros(1, 10, 3), null_condition=null)
+    torch.testing.assert_close(seen["states"][0], rows[0]["encoder_states"])
+    assert torch.all(seen["states"][1] == null[0])

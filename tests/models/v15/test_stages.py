@@ -51,19 +51,12 @@ def test_preprocess_writes_15_rows(prepared):
     assert tensors["latents"].shape == (8, 50) and tensors["encoder_states"].shape[1] == 32
 
 
-# `acetune train` hands the LoRA setup to the family (one line in stages/train.py, pending while that
-# file's owner finishes it); until then the train-dependent tests say so instead of failing.
-_TRAIN_HOOKED = "wrap_lora_setup" in (Path(__file__).parents[3] / "src/acetune/stages/train.py").read_text()
-needs_train_hook = pytest.mark.skipif(not _TRAIN_HOOKED, reason="stages/train.py does not call "
-                                      "family.wrap_lora_setup yet (see docs/acestep15.md)")
-
-
 def _train_argv(checkpoint: Path, prep: Path, out: Path, *extra: str) -> list[str]:
     lora = out.parent / "lora_r8.json"
     lora.write_text(json.dumps({"r": 8, "lora_alpha": 16, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}))
     return ["--dataset_path", str(prep), "--checkpoint_dir", str(checkpoint), "--output_dir", str(out),
             "--lora_config_path", str(lora), "--precision", "32", "--device", "cpu", "--logger", "none",
-            "--text_dropout", "0", *([] if _TRAIN_HOOKED else ["--no-cache_lyrics"]), *extra]
+            "--text_dropout", "0", *extra]
 
 
 def test_overfit_check_passes(prepared, tmp_path, capsys):
@@ -72,7 +65,6 @@ def test_overfit_check_passes(prepared, tmp_path, capsys):
     assert "overfit check PASSED" in capsys.readouterr().out
 
 
-@needs_train_hook
 def test_train_export_load_generate(prepared, tmp_path, capsys):
     checkpoint, prep = prepared
     out = tmp_path / "out"

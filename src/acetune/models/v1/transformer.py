@@ -110,7 +110,9 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.early_conv_layers(latent).flatten(2).transpose(1, 2)  # (B, H'·W', W)
+        # contiguous: the residual stream would otherwise stay channel-major through every block (adds
+        # keep their input's layout), and each Linear on it falls back to a bmm with a weight copy
+        return self.early_conv_layers(latent).flatten(2).transpose(1, 2).contiguous()  # (B, H'·W', W)
 
 
 class FinalLayer(nn.Module):
