@@ -13,6 +13,7 @@ table can be pasted into docs/benchmarks.md as it is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import math
@@ -101,12 +102,13 @@ ADAPTERS = {"preprocess": _preprocess_rows, "train": _train_rows}
 def collect(name: str, quick: bool) -> list[Row]:
     """The rows of one benchmark; a failure becomes one row saying so (the table is still printed)."""
     try:
-        if name == "demo":
-            return _demo_rows(quick)
-        module = load(name)
-        if hasattr(module, "rows"):
-            return list(module.rows(quick))
-        return ADAPTERS[name](module, quick)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the table only
+            if name == "demo":
+                return _demo_rows(quick)
+            module = load(name)
+            if hasattr(module, "rows"):
+                return list(module.rows(quick))
+            return ADAPTERS[name](module, quick)
     except Exception as err:  # noqa: BLE001 - report and go on with the other benchmarks
         return [(name, f"failed: {type(err).__name__}: {str(err)[:150]}", math.nan, "")]
 

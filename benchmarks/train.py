@@ -116,30 +116,83 @@ def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: i
 
 # ---- the official config at 360 s, estimated ----
 
-def _saved_bytes(fn) -> tuple[int, int]:
-    """(total, largest) bytes autograd saves while running `fn` (meta tensors: nothing is computed)."""
+def _meta_autocast():
+    """`torch.autocast("cpu", bfloat16)` for meta tensors, which real autocast does not see: the ops autocast
+    runs in bf16 get bf16 inputs (so autograd saves the casts, as it does under autocast), `mse_loss` fp32.
+    On the medium config at 200 frames it saves exactly the tensors real autocast saves (shapes and dtypes)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    lower = {F.linear, F.conv1d, F.conv2d, torch.matmul, torch.bmm, torch.mm, torch.addmm, torch.Tensor.matmul,
+             torch.Tensor.__matmul__, F.scaled_dot_product_attention}
+
+    class MetaAutocast(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            dtype = torch.bfloat16 if func in lower else torch.float32 if func is F.mse_loss else None
+            if dtype is not None:
+                def cast(t):
+                    return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                args, kwargs = tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+            return func(*args, **kwargs)
+
+    return MetaAutocast()
+
+
+def _no_lora_cast():
+    """peft's LoRA input cast off, as `training.loop.fit` runs under autocast (a no-op before that existed)."""
+    import contextlib
+
+    try:
+        from acetune.training.lora import lora_input_casting
+    except ImportError:
+        return contextlib.nullcontext()
+    return lora_input_casting(_MODEL[0], enabled=False) if _MODEL else contextlib.nullcontext()
+
+
+_MODEL: list = []  # the model `analytic_official` measures (for `_no_lora_cast`)
+
+
+def _saved_bytes(fn, exclude: set) -> tuple[int, int]:
+    """(total, largest) bytes of the distinct storages autograd saves while running `fn` under bf16 autocast
+    (meta tensors: nothing is computed). A storage saved by several ops counts once; `exclude` holds the
+    storages already counted elsewhere (the model's parameters)."""
     import torch
 
-    sizes = []
+    sizes: dict[int, int] = {}
 
     def pack(t):
-        sizes.append(t.numel() * t.element_size())
+        storage = t.untyped_storage()
+        if storage._cdata not in exclude:
+            sizes[storage._cdata] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _meta_autocast(), _no_lora_cast():
         fn()
-    return sum(sizes), max(sizes, default=0)
+    return sum(sizes.values()), max(sizes.values(), default=0)
 
 
-def analytic_official(seconds: int = 360, ssl: bool = True) -> list[tuple[str, float, float]]:
-    """[(term, GB bf16, GB int8)] for training the official config, LoRA r64, lyrics cached."""
+def analytic_official(seconds: int = 360, ssl: bool = True, optimizer_state: str = "fp32", config: str = "official"
+                      ) -> list[tuple[str, float, float]]:
+    """[(term, GB bf16, GB int8)] for training the official config (or `config`), LoRA r64, lyrics cached.
+
+    Peak = weights + LoRA state + what the checkpointed forward saves + the largest backward transient:
+    one block's recompute (or the SSL projectors' recompute, which happens at another moment) plus 3x
+    its largest saved tensor for the gradients in flight.
+    """
     import torch
 
-    model, setup = build("official", torch.bfloat16, device="meta")
+    from acetune.models.v1.attention import rope_tables
+    from acetune.models.v1.family import FAMILY
+    from acetune.models.v1.transformer import projected_loss
+
+    model, setup = build(config, torch.bfloat16, device="meta")
+    _MODEL[:] = [model]
     if not ssl:
         model.projectors = torch.nn.ModuleList()
     cfg = model.config
-    w, frames = model.inner_dim, FRAMES["360s"] if seconds == 360 else int(seconds * 44100 / 512 / 8)
+    w, frames = model.inner_dim, int(seconds * 44100 / 512 / 8)
     freed = {"cross_attn.add_*": 4 * (w * w + w) * cfg.num_layers}
     lyric_params = sum(p.numel() for m in (model.lyric_embs, model.lyric_encoder, model.lyric_proj)
                        for p in m.parameters())
@@ -154,49 +207,43 @@ def analytic_official(seconds: int = 360, ssl: bool = True) -> list[tuple[str, f
     linear_w = sum(w.numel() for w in quantized)
     linear_rows = sum(w.shape[0] for w in quantized)
     int8 = bf16 - linear_w * 2 + linear_w + linear_rows * 2
-    lora_state = sum(p.numel() for p in setup.params) * 4 * 4  # fp32 param + grad + 2 AdamW moments
+    moment_bytes = {"fp32": 8, "bf16": 4}[optimizer_state]  # two AdamW moments per parameter
+    lora_state = sum(p.numel() for p in setup.params) * (4 + 4 + moment_bytes)  # fp32 param + grad + moments
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
 
-    def batch(n_frames):
-        t = torch.zeros
-        return {"target_latents": t(1, 8, 16, n_frames, device="meta", dtype=torch.bfloat16),
-                "attention_mask": t(1, n_frames, device="meta", dtype=torch.bfloat16),
-                "encoder_text_hidden_states": t(1, 20, 768, device="meta", dtype=torch.bfloat16),
-                "text_attention_mask": t(1, 20, device="meta", dtype=torch.bfloat16),
-                "speaker_embeds": t(1, 512, device="meta", dtype=torch.bfloat16),
-                "lyric_token_idx": t(1, 200, device="meta", dtype=torch.long),
-                "lyric_mask": t(1, 200, device="meta", dtype=torch.bfloat16),
-                "lyric_hidden_states": t(1, 200, w, device="meta", dtype=torch.bfloat16),
-                "ssl_hidden_states": [[t(seconds * hz, d, device="meta", dtype=torch.bfloat16)]
-                                      for hz, d in zip(SSL_HZ, cfg.ssl_latent_dims)] if ssl else None}
+    def t(*shape, dtype=torch.bfloat16):
+        return torch.zeros(*shape, device="meta", dtype=dtype)
 
-    from acetune.models.v1.family import FAMILY
-
-    b = batch(frames)
+    ssl_targets = [[t(seconds * hz, d)] for hz, d in zip(SSL_HZ, cfg.ssl_latent_dims)] if ssl else None
+    b = {"target_latents": t(1, 8, 16, frames), "attention_mask": t(1, frames),
+         "encoder_text_hidden_states": t(1, 20, 768), "text_attention_mask": t(1, 20), "speaker_embeds": t(1, 512),
+         "lyric_token_idx": t(1, 200, dtype=torch.long), "lyric_mask": t(1, 200),
+         "lyric_hidden_states": t(1, 200, w), "ssl_hidden_states": ssl_targets}
     noise, u = torch.zeros_like(b["target_latents"]), torch.zeros(1)
-    whole, _ = _saved_bytes(lambda: FAMILY.training_loss(model, b, noise=noise, u=u))
-    block = model.transformer_blocks[0]
-    x = torch.zeros(1, frames, w, device="meta", dtype=torch.bfloat16)
-    ctx = torch.zeros(1, 221, w, device="meta", dtype=torch.bfloat16)
-    from acetune.models.v1.attention import rope_tables
-
+    whole, _ = _saved_bytes(lambda: FAMILY.training_loss(model, b, noise=noise, u=u), params)
+    x = t(1, frames, w).requires_grad_()
+    ctx, temb = t(1, 221, w), t(1, 6 * w)
     rope = rope_tables(frames, cfg.attention_head_dim, cfg.rope_theta, torch.device("meta"))
     rope_c = rope_tables(221, cfg.attention_head_dim, cfg.rope_theta, torch.device("meta"))
-    temb = torch.zeros(1, 6 * w, device="meta", dtype=torch.bfloat16)
     mask, cmask = torch.ones(1, frames, device="meta"), torch.ones(1, 221, device="meta")
-    one_block, largest = _saved_bytes(lambda: block(x, mask, ctx, cmask, temb, rope, rope_c))
+    block = model.transformer_blocks[0]
+    one_block, largest = _saved_bytes(lambda: block(x, mask, ctx, cmask, temb, rope, rope_c), params)
+    transient = one_block + 3 * largest
+    if ssl and model.gradient_checkpointing:  # the projectors are recomputed too (transformer `_ssl_losses`)
+        proj, proj_largest = _saved_bytes(lambda: [projected_loss(p, x, z) for p, z in
+                                                   zip(model.projectors, ssl_targets)], params)
+        transient = max(transient, proj + 3 * proj_largest)
     gb = 1e9
-    acts = (whole + one_block + 3 * largest) / gb
     terms = [
         ("base weights (add_* never loaded, lyric path cached)", bf16 / gb, int8 / gb),
-        ("LoRA r64 fp32 params + grads + AdamW", lora_state / gb, lora_state / gb),
+        (f"LoRA r64 fp32 params + grads + AdamW ({optimizer_state} moments)", lora_state / gb, lora_state / gb),
         ("activations: checkpointed forward (saved)", whole / gb, whole / gb),
-        ("activations: one block recompute + grad transients", (one_block + 3 * largest) / gb,
-         (one_block + 3 * largest) / gb),
+        ("activations: largest recompute + grad transients", transient / gb, transient / gb),
     ]
     total_bf16, total_int8 = sum(t[1] for t in terms), sum(t[2] for t in terms)
     terms.append(("total", total_bf16, total_int8))
     terms.append((f"(saved by the memory features: add_* {freed['cross_attn.add_*'] * 2 / gb:.2f} GB, "
-                  f"lyric path {lyric_params * 2 / gb:.2f} GB; activations {acts:.2f} GB)", float("nan"), float("nan")))
+                  f"lyric path {lyric_params * 2 / gb:.2f} GB)", float("nan"), float("nan")))
     return terms
 
 

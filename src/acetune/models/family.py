@@ -66,6 +66,11 @@ class ModelFamily(Protocol):
         replace the random draws, for parity tests; otherwise they come from the global torch RNG.
         """
 
+    def validation_renderer(self, transformer: torch.nn.Module, checkpoint_dir: Path, **options):
+        """What renders validation clips during training with the in-training `transformer` (adapter active):
+        an object with `.sample_rate` and `.render(prompt, lyrics, duration, seed, settings) -> (2, N)` float32
+        CPU audio. Built per validation point; encoders it loads are freed with it."""
+
     # ---- preprocess hooks (acetune.stages.preprocess) ----
 
     sample_rate: int

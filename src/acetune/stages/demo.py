@@ -31,12 +31,15 @@ logger = logging.getLogger(__name__)
 EXAMPLES = """examples:
   acetune demo                                   # everything under ./acetune_demo, a few minutes on a CPU
   acetune demo --workdir /tmp/demo --quick       # smaller songs and fewer steps (CI)
+  acetune demo --model_family acestep15 --quick  # the same stages on a tiny ACE-Step 1.5 (diffusers) model
   tensorboard --logdir acetune_demo/runs/demo/logs   # afterwards: the training curves and renders
 """
 
 MARKER = ".acetune_demo"  # marks a folder the demo made, so a rerun may clear it
 SUMMARY_FILE = "demo_summary.json"
 CHECKPOINT = "ACE-Step-v1-tiny"
+CHECKPOINT_V15 = "acestep-v15-tiny"  # --model_family acestep15: `models.v15.tiny.save_tiny_checkpoint_v15`
+FAMILIES = ("ace-step-v1", "acestep15")
 # LoRA of the demo's tiny transformer (width 128): rank 16 instead of the real default 64.
 DEMO_LORA_CONFIG = {"r": 16, "lora_alpha": 16, "use_rslora": False, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
 _SPECIAL = ["[STOP]", "[UNK]", "[SPACE]"]  # ids 0, 1, 2, as the real vocab (lyrics.tokenizer)
@@ -56,6 +59,8 @@ class Args:
     quick: bool = arg(False, help="smaller songs, fewer steps and shorter renders (CI)")
     seed: int = arg(0, help="seed of the model weights, songs and training")
     device: str = arg("cpu", help="device for preprocess, train and generate (the tiny model is fastest on cpu)")
+    model_family: str = arg("ace-step-v1", choices=FAMILIES, help="which tiny model the demo trains: ACE-Step v1 "
+                            "or ACE-Step 1.5 (diffusers AceStepPipeline layout)")
     sizes: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self):
@@ -234,10 +239,16 @@ def run(args: Args) -> int:
 
     # 1. tiny model set + songs (what a user downloads and records)
     t = time.perf_counter()
-    ckpt = make_model_set(w / CHECKPOINT, args.seed, args.sizes["layers"])
+    v15 = args.model_family == "acestep15"
+    if v15:
+        from acetune.models.v15.tiny import save_tiny_checkpoint_v15
+
+        ckpt = save_tiny_checkpoint_v15(w / CHECKPOINT_V15, seed=args.seed)
+    else:
+        ckpt = make_model_set(w / CHECKPOINT, args.seed, args.sizes["layers"])
     songs = write_demo_songs(w / "songs", count=args.sizes["songs"], seconds=args.sizes["seconds"], seed=args.seed)
     chosen = [next(s for s in SONGS if s.stem == p.stem) for p in songs]
-    print(f"\n=== model set and songs ===\ntiny ACE-Step v1 checkpoint: {ckpt}\n"
+    print(f"\n=== model set and songs ===\ntiny ACE-Step {'1.5' if v15 else 'v1'} checkpoint: {ckpt}\n"
           + "\n".join(f"song: {p}  ({s.prompt}{'; with lyrics' if s.lyrics else ''})" for p, s in zip(songs, chosen)))
     results.append(StageResult("model set + songs", "(generated)", 0, time.perf_counter() - t, "",
                                {"checkpoint": str(ckpt), "songs": str(w / "songs")}, {"songs": len(songs)}))
@@ -254,7 +265,7 @@ def run(args: Args) -> int:
 
     r = stage("preprocess", ["--input_name", str(filenames), "--output_name", str(prep), "--checkpoint_dir", str(ckpt),
                              "--device", args.device, "--prompt_variants", str(args.sizes["prompt_variants"]),
-                             "--num_workers", "0", "--strict"])
+                             "--num_workers", "0", "--strict", "--model_family", args.model_family])
     r.outputs["preprocessed"] = str(prep)
     _require(r, "preprocess")
 

@@ -55,6 +55,8 @@ class Args:
     checkpoint_dir: str = arg(help="ACE-Step checkpoint folder (ace_step_transformer/, music_dcae_f8c8/, ...)")
     lora_config_path: str = arg(DEFAULT_LORA_CONFIG, help="peft LoraConfig JSON (r, lora_alpha, target_modules, "
                                 "use_rslora); add linear_q/linear_k/linear_v to adapt the lyric encoder too")
+    adapter: str = arg("lora", choices=("lora", "lokr"), help="adapter kind; lokr (peft LoKr, ACE-Step 1.5 only) "
+                       "reads r, alpha (or lora_alpha), target_modules and LoKr fields from --lora_config_path")
     output_dir: str = arg("", help="where step-NNNNNN/ checkpoints and logs go (default: checkpoints/<exp_name>)")
     exp_name: str = arg("acetune_lora", help="run name (wandb run, default output folder)")
     # optimisation
@@ -153,7 +155,7 @@ def _lora_config(args: Args) -> dict:
     if not path.is_file() and args.lora_config_path == DEFAULT_LORA_CONFIG:
         logger.info("%s not found here; using the built-in transformer-only config", path)
         return dict(BUILTIN_LORA_CONFIG)
-    return load_lora_config(path)
+    return load_lora_config(path, kind=args.adapter)
 
 
 def check_dataset(meta, family, checkpoint_dir: Path, dataset_path: str) -> None:
@@ -243,14 +245,18 @@ def build_run(args: Args, echo=print):
     model = family.load_transformer(checkpoint_dir, dtype=compute_dtype, device=device, drop_unused=True)
     use_ssl = bool(meta.ssl_names) and args.ssl_coeff > 0
     if args.int8:
-        quantize_int8(model)
+        getattr(family, "quantize_int8", quantize_int8)(model)
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    setup = add_lora(model, lora_config, train_lyrics_embedder=args.train_lyrics_embedder, lora_dtype=lora_dtype)
-    if hasattr(family, "wrap_lora_setup"):  # a family keying LoRA files by its own module paths (ACE-Step 1.5)
-        setup = family.wrap_lora_setup(setup)
+    if hasattr(family, "add_training_adapter"):  # LoRA / LoKr keyed by the family's module paths (ACE-Step 1.5)
+        setup = family.add_training_adapter(model, lora_config, kind=args.adapter, lora_dtype=lora_dtype)
+    elif args.adapter != "lora":
+        raise UsageError(f"--adapter {args.adapter} is not available for {family.name}", fix="use --adapter lora")
+    else:
+        setup = add_lora(model, lora_config, train_lyrics_embedder=args.train_lyrics_embedder, lora_dtype=lora_dtype)
     if args.init_lora:
-        count = init_lora_from_file(model, args.init_lora, setup)
+        count = (setup.init_from_file(model, args.init_lora) if hasattr(setup, "init_from_file")
+                 else init_lora_from_file(model, args.init_lora, setup))
         echo(f"initialised {count} LoRA modules from {args.init_lora}")
     model.train()
 
@@ -293,7 +299,7 @@ def build_run(args: Args, echo=print):
         every_n_train_steps=args.every_n_train_steps, save_last=args.save_last, seed=args.seed,
         dropout=ConditionDropout(args.text_dropout, args.speaker_dropout, args.lyrics_dropout),
         compute_dtype=compute_dtype, autocast=autocast, resume_from=resume_from, validation=validation,
-        validation_parts={"checkpoint_dir": checkpoint_dir} if validation else None, device=device,
+        validation_parts={"checkpoint_dir": checkpoint_dir, "family": family} if validation else None, device=device,
     )
     run = TrainRun(model=model, family=family, setup=setup, dataset=dataset, optimizer=optimizer, scheduler=scheduler,
                    accelerator=accelerator, config=loop_config, metrics=metrics, lyric_cache=cache,
@@ -312,7 +318,8 @@ def header(run, freed: dict[str, int], args: Args) -> list[str]:
         f"  family {run.family.name}, {len(run.dataset)} samples, SSL: {', '.join(run.dataset.ssl_names) or 'off'}",
         f"  steps {cfg.max_steps}, batch {cfg.batch_size} x {cfg.accumulate_grad_batches} accumulation x "
         f"{world} process(es), lr {args.learning_rate} ({args.optimizer}, warmup {args.warmup_steps})",
-        f"  LoRA r {run.setup.config['r']}, alpha {run.setup.config.get('lora_alpha', 8)}, "
+        f"  {'LoKr' if args.adapter == 'lokr' else 'LoRA'} r {run.setup.config['r']}, "
+        f"alpha {run.setup.config.get('lora_alpha', run.setup.config.get('alpha', 8))}, "
         f"{'rsLoRA, ' if run.setup.config.get('use_rslora') else ''}targets {', '.join(run.setup.config['target_modules'])}"
         f": {trainable:,} trainable of {resident:,} resident parameters",
         f"  precision {args.precision}{', int8 base weights' if args.int8 else ''}, device {run.config.device}"

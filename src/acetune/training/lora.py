@@ -41,9 +41,31 @@ LYRICS_EMBEDDER_MODULES = ("lyric_embs", "lyric_encoder", "lyric_proj")
 _LORA_FIELDS_REQUIRED = ("r", "target_modules")
 
 
-def load_lora_config(path: str | Path) -> dict:
-    """Read and check a LoRA config JSON; returns the dict (peft `LoraConfig` keyword arguments)."""
-    from peft import LoraConfig
+def lokr_kwargs(config: dict) -> dict:
+    """A LoRA-style config dict as `peft.LoKrConfig` keyword arguments (`--adapter lokr`).
+
+    `lora_alpha` becomes `alpha` and `lora_dropout` `module_dropout` (unless given); LoKr fields
+    (`decompose_both`, `decompose_factor`, ...) pass through; LoRA-only fields (`use_rslora`, ...) are dropped.
+    """
+    import dataclasses
+
+    from peft import LoKrConfig
+
+    known = {f.name for f in dataclasses.fields(LoKrConfig)} - {"peft_type", "task_type", "auto_mapping", "revision"}
+    out = {k: v for k, v in config.items() if k in known}
+    out.setdefault("alpha", config.get("lora_alpha", 8))
+    if "lora_dropout" in config:
+        out.setdefault("module_dropout", config["lora_dropout"])
+    return out
+
+
+def load_lora_config(path: str | Path, kind: str = "lora") -> dict:
+    """Read and check a LoRA config JSON; returns the dict (peft `LoraConfig` keyword arguments).
+
+    kind "lokr": the JSON may also hold LoKr fields (`alpha`, `decompose_factor`, ...); it is checked
+    as a `LoKrConfig` through `lokr_kwargs` and returned as read.
+    """
+    from peft import LoKrConfig, LoraConfig
 
     path = Path(path)
     if not path.is_file():
@@ -60,9 +82,10 @@ def load_lora_config(path: str | Path) -> dict:
         raise UsageError(f"LoRA config lacks {', '.join(missing)}", path=path,
                          fix='e.g. {"r": 64, "lora_alpha": 1, "use_rslora": true, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}')
     try:
-        LoraConfig(**config)
+        LoKrConfig(**lokr_kwargs(config)) if kind == "lokr" else LoraConfig(**config)
     except (TypeError, ValueError) as err:
-        raise UsageError(f"not a valid peft LoraConfig ({err})", path=path) from None
+        raise UsageError(f"not a valid peft {'LoKrConfig' if kind == 'lokr' else 'LoraConfig'} ({err})",
+                         path=path) from None
     if not isinstance(config["r"], int) or config["r"] < 1:
         raise UsageError(f"LoRA rank r must be a positive integer, got {config['r']!r}", path=path)
     return config

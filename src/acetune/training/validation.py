@@ -136,12 +136,17 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 
 # ---- rendering ----
 
-def _generator(generator_or_parts) -> V1Generator:
-    if isinstance(generator_or_parts, V1Generator):
+def _generator(generator_or_parts):
+    if hasattr(generator_or_parts, "render"):  # a V1Generator or a family's renderer
         return generator_or_parts
     if isinstance(generator_or_parts, Mapping):
-        # the trainer's parts: its transformer + checkpoint_dir; encoders loaded per render and freed
-        return V1Generator(**{"free_encoders": True, **generator_or_parts})
+        # the trainer's parts: its transformer + checkpoint_dir (+ its family, whose hook builds the renderer);
+        # encoders loaded per render and freed
+        parts = dict(generator_or_parts)
+        family = parts.pop("family", None)
+        if family is not None and hasattr(family, "validation_renderer"):
+            return family.validation_renderer(parts.pop("transformer"), parts.pop("checkpoint_dir"), **parts)
+        return V1Generator(**{"free_encoders": True, **parts})
     raise TypeError("render_validation needs a V1Generator or a mapping of V1Generator arguments")
 
 
@@ -150,7 +155,9 @@ def render_validation(generator_or_parts, spec: ValidationSpec, step: int, out_d
     """Render every validation prompt, save it under `validation_dir(out_dir, step)`, log audio + mel.
 
     Args:
-        generator_or_parts: a `V1Generator`, or a mapping of its arguments, e.g.
+        generator_or_parts: a `V1Generator` (or any object with `render` and `sample_rate`), a mapping with
+            `family`, `transformer`, `checkpoint_dir` (the family's `validation_renderer` builds the renderer),
+            or a mapping of `V1Generator` arguments, e.g.
             `{"transformer": model_with_peft_adapter, "checkpoint_dir": ckpt}` (UMT5 and the codec are
             then loaded for the render and freed right after: `free_encoders=True`).
         spec: prompts, lyrics, duration, seed, settings.
@@ -162,6 +169,7 @@ def render_validation(generator_or_parts, spec: ValidationSpec, step: int, out_d
         the written .wav paths, in prompt order.
     """
     generator = _generator(generator_or_parts)
+    rate = getattr(generator, "sample_rate", SAMPLE_RATE)
     folder = validation_dir(out_dir, step)
     folder.mkdir(parents=True, exist_ok=True)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
@@ -170,16 +178,16 @@ def render_validation(generator_or_parts, spec: ValidationSpec, step: int, out_d
         for i, (prompt, lyrics) in enumerate(zip(spec.prompts, spec.lyrics)):
             seed = spec.seed + i
             wav = generator.render(prompt, lyrics, spec.duration, seed, spec.settings)
-            path = audio_write(folder / f"{i}.wav", wav, SAMPLE_RATE)
-            image = mel_image(wav)
+            path = audio_write(folder / f"{i}.wav", wav, rate)
+            image = mel_image(wav, rate)
             _save_png(folder / f"{i}.png", image)
             if logger is not None:
-                logger.log_audio(f"validation/{i}", wav, SAMPLE_RATE, step)
+                logger.log_audio(f"validation/{i}", wav, rate, step)
                 logger.log_image(f"validation/{i}_mel", image, step)
             written.append(path)
             records.append({"index": i, "file": path.name, "prompt": prompt, "lyrics": lyrics, "seed": seed,
                             "duration": spec.duration, "samples": int(wav.shape[-1])})
-    (folder / PROMPTS_FILE).write_text(json.dumps({"step": step, "sample_rate": SAMPLE_RATE, "renders": records},
+    (folder / PROMPTS_FILE).write_text(json.dumps({"step": step, "sample_rate": rate, "renders": records},
                                                   indent=2, ensure_ascii=False), encoding="utf-8")
     _log.info("validation step %d: %d render(s) in %s", step, len(written), folder)
     return written

@@ -12,32 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.audio_fixtures import make_audio
 
 from acetune.cli import run_command
 from acetune.models.v15.generate import load_lora_checked, load_pipeline
-from acetune.models.v15.tiny import save_tiny_checkpoint_v15
 from acetune.schema import load_dataset
 from acetune.schema_v15 import FAMILY_NAME, decode
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """(checkpoint, preprocessed dataset folder) for one 2 s song with the 1.5 sidecars."""
-    base = tmp_path_factory.mktemp("v15stages")
-    checkpoint = save_tiny_checkpoint_v15(base / "acestep-v15-tiny")
-    songs = base / "songs"
-    songs.mkdir()
-    make_audio(songs / "neon.wav", seconds=2.0)
-    (songs / "neon.caption.txt").write_text("dark synthwave, female vocals", encoding="utf-8")
-    (songs / "neon.lyrics.txt").write_text("[verse]\nneon rain", encoding="utf-8")
-    (songs / "neon.json").write_text(json.dumps({"bpm": 118, "keyscale": "A minor", "timesignature": "4",
-                                                 "language": "en"}), encoding="utf-8")
-    assert run_command("build-dataset", ["--data_dir", str(songs), "--output_name", str(base / "ds")]) == 0
-    assert run_command("preprocess", ["--input_name", str(base / "ds"), "--output_name", str(base / "prep"),
-                                      "--checkpoint_dir", str(checkpoint), "--model_family", FAMILY_NAME,
-                                      "--device", "cpu", "--storage_dtype", "float32", "--num_workers", "0"]) == 0
-    return checkpoint, base / "prep"
+def prepared(v15_prepared):
+    """(checkpoint, preprocessed dataset folder): `conftest.v15_prepared`."""
+    return v15_prepared
 
 
 def test_preprocess_writes_15_rows(prepared):

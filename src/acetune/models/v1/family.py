@@ -122,6 +122,12 @@ class V1Family:
                            batch.get("ssl_hidden_states") or None, output_length=x0.shape[-1])
         return flow_matching_loss(out.sample, noisy, x0, sigmas, mask, out.proj_losses, ssl_coeff)
 
+    def validation_renderer(self, transformer: torch.nn.Module, checkpoint_dir: Path, **options):
+        """A `V1Generator` around the in-training transformer; UMT5 and the codec are loaded per render."""
+        from acetune.models.v1.pipeline import V1Generator
+
+        return V1Generator(transformer, checkpoint_dir=checkpoint_dir, **{"free_encoders": True, **options})
+
     # ---- preprocess hooks ----
 
     sample_rate = 48000  # MusicDCAE.encode's input rate

@@ -6,6 +6,8 @@ The checkpoint is a diffusers `AceStepPipeline` folder (`layout.py`). Beyond the
     preprocess:  load_encoders(dir) -> pipe;  encode_song(pipe, wav, SongText) -> EncodedSong
                  load_preprocess_encoders / encode_part (what `acetune preprocess` calls; `rows.py`)
     train:       load_transformer(dir);  collate(rows);  training_loss(transformer, batch)
+                 add_training_adapter(model, config, kind) (LoRA / LoKr);  quantize_int8(model)
+                 validation_renderer(transformer, dir) (validation renders through AceStepPipeline)
                  adapter_config(kind, rank, alpha, ...);  add_adapter(transformer, config)
                  wrap_lora_setup(setup) (the shared trainer keys LoRA files by this model's module paths)
     export:      save_diffusers_lora(transformer, folder, config);  save_comfyui(state, path, config)
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from acetune.errors import CheckpointError, TrainingError
-from acetune.models.v15 import adapters, conditioning, objective, rows
+from acetune.models.v15 import adapters, conditioning, objective, rows, training
 from acetune.models.v15 import generate as generation
 from acetune.models.v15.layout import (
     CONDITION_ENCODER_DIR,
@@ -75,25 +77,25 @@ class V15Family:
     save_comfyui = staticmethod(adapters.save_comfyui)
     load_pipeline = staticmethod(generation.load_pipeline)
     generate = staticmethod(generation.generate)
+    # `acetune train`: LoRA / LoKr keyed by the DiT's module paths, int8 base weights, validation renders
+    add_training_adapter = staticmethod(training.add_training_adapter)
+    quantize_int8 = staticmethod(training.quantize_int8)
+
+    def validation_renderer(self, transformer: torch.nn.Module, checkpoint_dir: Path, **options):
+        """`AceStepPipeline` around the in-training DiT (adapter active); see `models.v15.validation`."""
+        from acetune.models.v15.validation import validation_renderer
+
+        return validation_renderer(transformer, checkpoint_dir, **options)
 
     # ---- stage hooks: `acetune export` / `acetune generate` hand over when the family has them ----
 
     def export_lora(self, args, path: Path) -> int:
-        """`acetune export` for a LoRA trained on 1.5: `--format peft` writes the diffusers layout
-        (`AceStepPipeline.load_lora_weights` loads it), `--format comfyui` the ComfyUI 1.5 layout."""
-        from acetune.errors import UsageError
+        """`acetune export` for an adapter trained on 1.5 (`models.v15.export`): `--format peft` writes the
+        diffusers layout (`AceStepPipeline.load_lora_weights` loads it), `--format comfyui` the ComfyUI 1.5
+        layout (`--write_alpha`: .alpha tensors instead of baking), `--merge` a merged `transformer/` folder."""
+        from acetune.models.v15.export import export
 
-        unsupported = [flag for flag, on in (("--merge", args.merge), ("--write_alpha", args.write_alpha),
-                                             ("--resize", args.resize is not None or args.resize_energy is not None),
-                                             ("--format kohya", args.format == "kohya")) if on]
-        if unsupported:
-            raise UsageError(f"{', '.join(unsupported)}: not available for ACE-Step 1.5 LoRAs yet",
-                             fix="use --format peft (diffusers) or --format comfyui")
-        fmt = "comfyui" if args.format == "comfyui" else "diffusers"
-        default = path.parent.with_name(path.parent.name + ("_comfyui.safetensors" if fmt == "comfyui" else "_diffusers"))
-        out = adapters.export_trained_lora(path, Path(args.output_name) if args.output_name else default, fmt)
-        print(f"wrote {out} ({'ComfyUI 1.5 keys, scale baked' if fmt == 'comfyui' else 'diffusers layout'})")
-        return 0
+        return export(args, path)
 
     def generate_song(self, args, lyrics: str, seed: int, out: Path) -> int:
         """`acetune generate` on a 1.5 checkpoint: `AceStepPipeline` with every `--lora` applied."""
