@@ -109,7 +109,9 @@ def test_every_column_matches_direct_encoder_calls(dataset, tmp_path, tiny_ckpt,
         assert torch.equal(schema.row_tensor(row, schema.TEXT_MASK, "float16"), mask.to(torch.int8))
         norm_lyrics = LYRICS if key == "alpha" else "[instrumental]"
         assert row[schema.LYRIC_IDS] == lyrics.tokenize_dataset(norm_lyrics)
-        assert torch.equal(schema.row_tensor(row, schema.SPEAKER_EMB, "float16"), torch.zeros(512, dtype=torch.float16))
+        speaker_dim = json.loads((tiny_ckpt / "ace_step_transformer" / "config.json").read_text())["speaker_embedding_dim"]
+        assert torch.equal(schema.row_tensor(row, schema.SPEAKER_EMB, "float16"),
+                           torch.zeros(speaker_dim, dtype=torch.float16))  # the checkpoint's width, not 512
         for name, (model, rate, chunk_s) in ssl_models.items():
             expected = schema.quantize_ssl(reference_ssl(model, wav, rate, chunk_s))
             got = schema.row_tensor(row, schema.SSL_PREFIX + name, "float16")

@@ -91,6 +91,9 @@ class ModelFamily(Protocol):
     def encoder_config_hash(self, checkpoint_dir: Path) -> str:
         """Stable hash of the configs of every encoder preprocess runs (cached features depend on them)."""
 
+    def speaker_dim(self, checkpoint_dir: Path) -> int:
+        """Width of the speaker embedding the transformer takes (preprocess stores zeros of it by default)."""
+
 
 def family_names() -> list[str]:
     return sorted(_FAMILY_MODULES)

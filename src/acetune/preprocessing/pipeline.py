@@ -73,6 +73,7 @@ class Encoders:
     lyrics: object  # family lyric tokenizer: `.tokenize_dataset_checked(text, song)`
     ssl_models: dict[str, torch.nn.Module] = field(default_factory=dict)  # schema SSL name -> model
     sample_rate: int = 48000
+    speaker_dim: int = SPEAKER_DIM  # the transformer's speaker_embedding_dim
 
     @property
     def ssl_names(self) -> tuple[str, ...]:
@@ -226,10 +227,10 @@ def _song_inputs(song: SongRecord, future: Future, enc: Encoders, s: Settings, r
         report.warning(song.filename, warnings[-1], "shorten the lyrics or use --split")
     w.lyric_warning = "; ".join(warnings)
     w.prompts = prompt_variants(song.tags, song.recaption, s.prompt_variants, song_rng(song.keys, s.seed))
-    w.speaker = torch.zeros(SPEAKER_DIM)
+    w.speaker = torch.zeros(enc.speaker_dim)
     if song.speaker_emb_path:
         try:
-            w.speaker = load_speaker_embedding(song.speaker_emb_path)
+            w.speaker = load_speaker_embedding(song.speaker_emb_path, enc.speaker_dim)
         except InputError as err:
             report.warning(err.path or song.filename, f"{err.reason}; zeros used", err.fix or "")
     for n, clip, seconds in windows:

@@ -20,7 +20,7 @@ import torch
 
 from acetune.errors import InputError
 
-SPEAKER_DIM = 512  # zeros(512) when a song has no speaker embedding (reference `process`)
+SPEAKER_DIM = 512  # official speaker_embedding_dim; zeros when a song has none (reference `process`)
 WINDOW_SEP = "#w"  # sample key of window n > 0 of song k: f"{k}#w{n}"; window 0 keeps the bare key
 
 
@@ -80,14 +80,14 @@ def plan_windows(total: int, window: int, overlap: int) -> list[tuple[int, int]]
     return [(s, s + window) for s in starts]
 
 
-def load_speaker_embedding(path: str) -> torch.Tensor:
-    """(512,) float32 from .safetensors (first tensor), .npy, or .pt/.pth (weights_only).
+def load_speaker_embedding(path: str, dim: int = SPEAKER_DIM) -> torch.Tensor:
+    """(dim,) float32 from .safetensors (first tensor), .npy, or .pt/.pth (weights_only).
 
     Raises:
-        InputError: unreadable file or not 512 values.
+        InputError: unreadable file or not `dim` values.
     """
     p = Path(path)
-    fix = "point speaker_emb_path at a 512-value embedding (.safetensors/.npy/.pt) or leave it empty"
+    fix = f"point speaker_emb_path at a {dim}-value embedding (.safetensors/.npy/.pt) or leave it empty"
     if not p.is_file():
         raise InputError("speaker embedding file not found", path=p, fix=fix)
     try:
@@ -104,6 +104,6 @@ def load_speaker_embedding(path: str) -> torch.Tensor:
             t = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
         raise InputError(f"cannot read speaker embedding ({err.__class__.__name__})", path=p, fix=fix) from None
-    if not isinstance(t, torch.Tensor) or t.numel() != SPEAKER_DIM:
-        raise InputError(f"speaker embedding must hold {SPEAKER_DIM} values", path=p, fix=fix)
-    return t.reshape(SPEAKER_DIM).float()
+    if not isinstance(t, torch.Tensor) or t.numel() != dim:
+        raise InputError(f"speaker embedding must hold {dim} values", path=p, fix=fix)
+    return t.reshape(dim).float()

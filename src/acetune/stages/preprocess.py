@@ -197,7 +197,8 @@ def load_encoders(args: Args, family, dtype: torch.dtype) -> pipeline.Encoders:
         codec=family.load_codec(args.checkpoint_dir, dtype=dtype),
         text=family.load_text_encoder(args.checkpoint_dir, dtype=dtype),
         lyrics=family.load_lyric_tokenizer(args.checkpoint_dir, args.lyric_vocab),
-        ssl_models=ssl_models, sample_rate=family.sample_rate)
+        ssl_models=ssl_models, sample_rate=family.sample_rate,
+        speaker_dim=family.speaker_dim(args.checkpoint_dir))
 
 
 def run_merge(args: Args) -> int:

@@ -63,6 +63,10 @@ class V1Family:
         return load_transformer(Path(checkpoint_dir) / V1_TRANSFORMER_DIR, dtype=dtype, device=device,
                                 drop_unused=drop_unused)
 
+    def speaker_dim(self, checkpoint_dir: Path) -> int:
+        """Width of the speaker embedding the transformer takes (`speaker_embedding_dim`)."""
+        return int({**default_config(), **read_config(Path(checkpoint_dir) / V1_TRANSFORMER_DIR)}["speaker_embedding_dim"])
+
     def config_hash(self, checkpoint_dir: Path) -> str:
         """sha256 (16 hex digits) of the resolved transformer config (defaults filled, `inner_dim` dropped)."""
         resolved = {**default_config(), **read_config(Path(checkpoint_dir) / V1_TRANSFORMER_DIR)}

@@ -218,35 +218,3 @@ def export_trained_lora(path: str | Path, out: str | Path, fmt: str = "diffusers
     AceStepPipeline.save_lora_weights(out, transformer_lora_layers=state, weight_name=DIFFUSERS_WEIGHT_NAME,
                                       transformer_lora_adapter_metadata=_config_metadata(config))
     return out / DIFFUSERS_WEIGHT_NAME
-
-
-class PeftKeyedSetup:
-    """Wraps the shared trainer's `training.lora.LoraSetup` for 1.5 (`family.wrap_lora_setup`).
-
-    The shared setup parses keys against v1's module names (`lora_keys`); a 1.5 DiT's modules are
-    `layers.N...`. This keys the saved LoRA by the model's own module paths (the same saved layout,
-    `<module>.lora_A.weight`), and delegates everything else to the wrapped setup.
-    """
-
-    def __init__(self, setup):
-        self._setup = setup
-
-    def __getattr__(self, name):
-        return getattr(self._setup, name)
-
-    def lora_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        return {k: v.detach() for k, v in adapter_state(model, self._setup.adapter_name).items()}
-
-    @torch.no_grad()
-    def load_lora_state(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-        """Copy a `lora_state` dict back bit for bit; the module sets must match exactly."""
-        from acetune.errors import UsageError
-
-        tag = f".{self._setup.adapter_name}.weight"
-        ours = {name.replace(tag, ".weight"): p for name, p in model.named_parameters()
-                if name.endswith(tag) and (".lora_A." in name or ".lora_B." in name)}
-        if set(ours) != set(state):
-            raise UsageError(f"the saved LoRA has {len(state)} tensors, this run {len(ours)}",
-                             fix="resume with the same LoRA config")
-        for key, param in ours.items():
-            param.copy_(state[key])

@@ -9,9 +9,8 @@ The checkpoint is a diffusers `AceStepPipeline` folder (`layout.py`). Beyond the
                  add_training_adapter(model, config, kind) (LoRA / LoKr);  quantize_int8(model)
                  validation_renderer(transformer, dir) (validation renders through AceStepPipeline)
                  adapter_config(kind, rank, alpha, ...);  add_adapter(transformer, config)
-                 wrap_lora_setup(setup) (the shared trainer keys LoRA files by this model's module paths)
     export:      save_diffusers_lora(transformer, folder, config);  save_comfyui(state, path, config)
-                 export_lora(args, path) (what `acetune export` hands a 1.5 step folder to)
+                 export_lora(args, path) (what `acetune export` hands a 1.5 step folder to; `export.py`)
     generate:    load_pipeline(dir);  generate(pipe, prompt, lyrics, duration, ..., lora_file=...)
                  generate_song(args, lyrics, seed, out) (what `acetune generate` hands a 1.5 checkpoint to)
 """
@@ -173,10 +172,6 @@ class V15Family:
         return objective.flow_matching_loss(model, batch, getattr(model, SILENCE_BUFFER),
                                             null_condition=getattr(model, NULL_BUFFER), generator=generator,
                                             noise=noise, t=t)
-
-    def wrap_lora_setup(self, setup):
-        """The shared trainer's LoRA setup keyed by this model's module paths (`adapters.PeftKeyedSetup`)."""
-        return adapters.PeftKeyedSetup(setup)
 
     def condition_tensors(self, checkpoint_dir: Path) -> dict[str, torch.Tensor]:
         """`silence_latent` (1, N, C) and `null_condition_emb` (1, 1, D) of `AceStepConditionEncoder`,
