@@ -3,24 +3,30 @@
 The measured step is the trainer's own: `make_batch` -> `V1Family.training_loss` (noise, logit-normal
 timestep, forward, masked MSE + SSL losses) -> backward -> clip -> AdamW step, with the run's memory
 features on (unused `cross_attn.add_*` never resident, lyric-encoder output cached, LoRA fp32 over
-bf16 weights under autocast). Cases as ../shared/facts/reference-baseline.md: batch 1, text 20 tokens,
-lyrics 200 tokens, SSL targets at 75 Hz / 50 Hz (dims from the config: 1024/768 medium, 24/16 tiny),
-rsLoRA r 64 alpha 1 on to_q/to_k/to_v/to_out.0, gradient checkpointing, det_init weights, medians of
-5 after 2 warm-ups, each case in its own process (peak RSS includes the imports).
+bf16 weights under autocast, peft's input cast off as `training.loop.fit` does). Cases as
+../shared/facts/reference-baseline.md: batch 1, text 20 tokens, lyrics 200 tokens, SSL targets at
+75 Hz / 50 Hz (dims from the config: 1024/768 medium, 24/16 tiny), rsLoRA r 64 alpha 1 on
+to_q/to_k/to_v/to_out.0, gradient checkpointing, det_init weights, 2 threads, medians of 5 after 2
+warm-ups, each case in its own process (peak RSS includes the imports). Shared machines are noisy:
+compare runs made at the same time.
 
 The official 3.5B at 360 s is estimated, not run: weights and LoRA state are counted exactly on a
-meta-device model, activations are the bytes autograd saves (counted with `saved_tensors_hooks` on
-meta tensors, so nothing is computed): the checkpointed whole-model forward, plus one block's
-recompute, plus 3x that block's largest saved tensor for gradient transients.
+meta-device model; activations are the distinct storages autograd saves under (emulated) bf16
+autocast, parameters excluded (counted with `saved_tensors_hooks` on meta tensors, so nothing is
+computed): the checkpointed whole-model forward, plus the largest recompute (one block, or the SSL
+projectors), plus 3x its largest saved tensor for gradient transients. `--check_analytic` runs the
+medium config at 360 s for real and compares its measured peak growth with the same estimate.
 
-    OMP_NUM_THREADS=2 python benchmarks/train.py                 # all cases (~3 min on 2 cores)
-    python benchmarks/train.py --analytic                        # only the official estimate
+    python benchmarks/train.py                      # all cases (~5 min on 2 cores)
+    python benchmarks/train.py --analytic           # only the official estimate (seconds)
+    python benchmarks/train.py --check_analytic     # estimate vs measurement, medium config, 360 s (~2 min)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -80,7 +86,17 @@ def sample(cfg, length: str):
                        for n, hz, d in zip(cfg.ssl_names, SSL_HZ, cfg.ssl_latent_dims)})
 
 
+def _rss_gb() -> float:
+    """Current resident set size (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except (OSError, ValueError):
+        return 0.0
+
+
 def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: int = 2) -> dict:
+    """Median seconds per step, peak RSS (GiB), and the peak's growth over the RSS before the first step (GB)."""
     import torch
 
     from acetune.models.v1.family import FAMILY
@@ -98,6 +114,7 @@ def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: i
     ssl_names = tuple(model.config.ssl_names)
     times = []
     autocast = dtype == torch.bfloat16
+    before = _rss_gb()
     with lora_input_casting(model, enabled=not autocast):  # as `training.loop.fit`
         for i in range(warmup + repeats):
             start = time.perf_counter()
@@ -111,7 +128,8 @@ def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: i
             optimizer.zero_grad(set_to_none=True)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    return {"time_s": statistics.median(times), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports KiB)
+    return {"time_s": statistics.median(times), "peak_rss_gb": peak / 2**30, "growth_gb": peak / 1e9 - before}
 
 
 # ---- the official config at 360 s, estimated ----
@@ -140,20 +158,6 @@ def _meta_autocast():
     return MetaAutocast()
 
 
-def _no_lora_cast():
-    """peft's LoRA input cast off, as `training.loop.fit` runs under autocast (a no-op before that existed)."""
-    import contextlib
-
-    try:
-        from acetune.training.lora import lora_input_casting
-    except ImportError:
-        return contextlib.nullcontext()
-    return lora_input_casting(_MODEL[0], enabled=False) if _MODEL else contextlib.nullcontext()
-
-
-_MODEL: list = []  # the model `analytic_official` measures (for `_no_lora_cast`)
-
-
 def _saved_bytes(fn, exclude: set) -> tuple[int, int]:
     """(total, largest) bytes of the distinct storages autograd saves while running `fn` under bf16 autocast
     (meta tensors: nothing is computed). A storage saved by several ops counts once; `exclude` holds the
@@ -168,13 +172,21 @@ def _saved_bytes(fn, exclude: set) -> tuple[int, int]:
             sizes[storage._cdata] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _meta_autocast(), _no_lora_cast():
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _meta_autocast():
         fn()
     return sum(sizes.values()), max(sizes.values(), default=0)
 
 
-def analytic_official(seconds: int = 360, ssl: bool = True, optimizer_state: str = "fp32", config: str = "official"
-                      ) -> list[tuple[str, float, float]]:
+def _nbytes(obj) -> int:
+    """Bytes of every tensor in a (nested) dict/list."""
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return obj.numel() * obj.element_size() if hasattr(obj, "element_size") else 0
+
+
+def analytic_official(seconds: int = 360, ssl: bool = True, config: str = "official") -> list[tuple[str, float, float]]:
     """[(term, GB bf16, GB int8)] for training the official config (or `config`), LoRA r64, lyrics cached.
 
     Peak = weights + LoRA state + what the checkpointed forward saves + the largest backward transient:
@@ -183,12 +195,12 @@ def analytic_official(seconds: int = 360, ssl: bool = True, optimizer_state: str
     """
     import torch
 
-    from acetune.models.v1.attention import rope_tables
+    from acetune.models.v1.attention import cross_attention_mask, rope_tables
     from acetune.models.v1.family import FAMILY
     from acetune.models.v1.transformer import projected_loss
+    from acetune.training.lora import lora_input_casting
 
     model, setup = build(config, torch.bfloat16, device="meta")
-    _MODEL[:] = [model]
     if not ssl:
         model.projectors = torch.nn.ModuleList()
     cfg = model.config
@@ -207,8 +219,7 @@ def analytic_official(seconds: int = 360, ssl: bool = True, optimizer_state: str
     linear_w = sum(w.numel() for w in quantized)
     linear_rows = sum(w.shape[0] for w in quantized)
     int8 = bf16 - linear_w * 2 + linear_w + linear_rows * 2
-    moment_bytes = {"fp32": 8, "bf16": 4}[optimizer_state]  # two AdamW moments per parameter
-    lora_state = sum(p.numel() for p in setup.params) * (4 + 4 + moment_bytes)  # fp32 param + grad + moments
+    lora_state = sum(p.numel() for p in setup.params) * 4 * 4  # fp32 param + grad + 2 AdamW moments
     params = {p.untyped_storage()._cdata for p in model.parameters()}
 
     def t(*shape, dtype=torch.bfloat16):
@@ -220,23 +231,26 @@ def analytic_official(seconds: int = 360, ssl: bool = True, optimizer_state: str
          "lyric_token_idx": t(1, 200, dtype=torch.long), "lyric_mask": t(1, 200),
          "lyric_hidden_states": t(1, 200, w), "ssl_hidden_states": ssl_targets}
     noise, u = torch.zeros_like(b["target_latents"]), torch.zeros(1)
-    whole, _ = _saved_bytes(lambda: FAMILY.training_loss(model, b, noise=noise, u=u), params)
+    inputs = _nbytes(b)
     x = t(1, frames, w).requires_grad_()
     ctx, temb = t(1, 221, w), t(1, 6 * w)
     rope = rope_tables(frames, cfg.attention_head_dim, cfg.rope_theta, torch.device("meta"))
     rope_c = rope_tables(221, cfg.attention_head_dim, cfg.rope_theta, torch.device("meta"))
-    mask, cmask = torch.ones(1, frames, device="meta"), torch.ones(1, 221, device="meta")
+    allowed = cross_attention_mask(torch.ones(1, frames, device="meta"), torch.ones(1, 221, device="meta"))
     block = model.transformer_blocks[0]
-    one_block, largest = _saved_bytes(lambda: block(x, mask, ctx, cmask, temb, rope, rope_c), params)
-    transient = one_block + 3 * largest
-    if ssl and model.gradient_checkpointing:  # the projectors are recomputed too (transformer `_ssl_losses`)
-        proj, proj_largest = _saved_bytes(lambda: [projected_loss(p, x, z) for p, z in
-                                                   zip(model.projectors, ssl_targets)], params)
-        transient = max(transient, proj + 3 * proj_largest)
+    with lora_input_casting(model, enabled=False):  # as `training.loop.fit` under autocast
+        whole, _ = _saved_bytes(lambda: FAMILY.training_loss(model, b, noise=noise, u=u), params)
+        one_block, largest = _saved_bytes(lambda: block(x, None, ctx, allowed, temb, rope, rope_c), params)
+        transient = one_block + 3 * largest
+        if ssl:  # the projectors are recomputed in the backward too (`ACEStepTransformer2DModel.decode`)
+            proj, proj_largest = _saved_bytes(lambda: [projected_loss(p, x, z) for p, z in
+                                                       zip(model.projectors, ssl_targets)], params)
+            transient = max(transient, proj + 3 * proj_largest)
     gb = 1e9
     terms = [
         ("base weights (add_* never loaded, lyric path cached)", bf16 / gb, int8 / gb),
-        (f"LoRA r64 fp32 params + grads + AdamW ({optimizer_state} moments)", lora_state / gb, lora_state / gb),
+        ("LoRA r64 fp32 params + grads + AdamW", lora_state / gb, lora_state / gb),
+        ("batch (latents, conditions, SSL targets)", inputs / gb, inputs / gb),
         ("activations: checkpointed forward (saved)", whole / gb, whole / gb),
         ("activations: largest recompute + grad transients", transient / gb, transient / gb),
     ]
@@ -247,18 +261,51 @@ def analytic_official(seconds: int = 360, ssl: bool = True, optimizer_state: str
     return terms
 
 
+def check_analytic(threads: int) -> None:
+    """The estimate's activation and LoRA-state terms vs the measured peak growth of a real run (medium, 360 s).
+
+    glibc keeps freed blocks of up to 32 MB on its heap, which inflates RSS beyond what is allocated; the
+    measured run sets a fixed 64 KB mmap threshold so RSS follows the allocations (a GPU's caching
+    allocator behaves like the estimate too). The LoRA weights are resident before the first step, so
+    the comparison counts grads + AdamW moments + activations.
+    """
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    res = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--case", "medium", "bf16", "360s",
+                          "--repeats", "1"], capture_output=True, text=True, env=env)
+    if res.returncode:
+        print(f"medium 360 s failed: {res.stderr.strip().splitlines()[-1:]}")
+        return
+    measured = json.loads(res.stdout.strip().splitlines()[-1])["growth_gb"]
+    terms = dict((label, a) for label, a, _ in analytic_official(seconds=360, config="medium"))
+    lora = [v for k, v in terms.items() if k.startswith("LoRA")][0] * 3 / 4  # grads + 2 moments of 4 fp32 copies
+    estimate = lora + sum(v for k, v in terms.items() if k.startswith(("activations", "batch")))
+    print(f"medium config, bf16, 360 s: measured peak growth {measured:.2f} GB, estimate {estimate:.2f} GB "
+          f"(LoRA grads + moments {lora:.2f}, activations {estimate - lora:.2f})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--analytic", action="store_true", help="only the official-config estimate")
+    ap.add_argument("--check_analytic", action="store_true", help="estimate vs a real run (medium, 360 s)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per case (the reference used 2)")
     ap.add_argument("--case", nargs=3, metavar=("CONFIG", "DTYPE", "LENGTH"), help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
-        print(json.dumps(measure(*args.case)))
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(measure(*args.case, repeats=args.repeats)))
+        return 0
+    if args.check_analytic:
+        check_analytic(args.threads)
         return 0
     if not args.analytic:
-        print(f"{'config':<7} {'dtype':<5} {'audio':>5} {'s/step':>8} {'peak RSS GB':>12}   reference s/step, GB")
+        print(f"{'config':<7} {'dtype':<5} {'audio':>5} {'s/step':>8} {'peak RSS GB':>12}   reference s/step, GB "
+              f"({args.threads} threads)")
         for case in CASES:
-            res = subprocess.run([sys.executable, __file__, "--case", *case], capture_output=True, text=True)
+            res = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--case", *case],
+                                 capture_output=True, text=True)
             if res.returncode:
                 print(f"{' '.join(case)}: failed: {res.stderr.strip().splitlines()[-1:]}")
                 continue

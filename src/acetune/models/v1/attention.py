@@ -128,11 +128,12 @@ class CrossAttention(nn.Module):
             if hasattr(self, name):
                 delattr(self, name)
 
-    def forward(self, x, mask, context, context_mask, rope_q, rope_k):
-        """x (B, S, C) latents with mask (B, S); context (B, L, C) with mask (B, L) -> (B, S, C).
+    def forward(self, x, context, allowed, rope_q, rope_k):
+        """x (B, S, C) latents; context (B, L, C); allowed (B, 1, S, L) from `cross_attention_mask` -> (B, S, C).
 
-        Pairs where either side is masked get −inf; a latent row with every key masked (a padded
-        frame) comes out as 0, as torch ≥ 2.5 SDPA returns for fully masked rows.
+        A latent row with every key masked (a padded frame) comes out as 0, as torch >= 2.5 SDPA returns
+        for fully masked rows. (A boolean mask gives bit for bit what the reference's additive 0/-inf
+        mask gives, forward and backward.)
         """
         b, s, _ = x.shape
         q = self.to_q(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)  # (B, H, S, D)
@@ -140,8 +141,14 @@ class CrossAttention(nn.Module):
         v = self.to_v(context).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
         q = apply_rope(q, *rope_q)
         k = apply_rope(k, *rope_k)
-        allowed = (mask[:, :, None] * context_mask[:, None, :]) == 1  # (B, S, L)
-        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None])  # (B, H, S, D)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, S, D)
         out = out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim).to(q.dtype)
         return self.to_out[1](self.to_out[0](out))
+
+
+def cross_attention_mask(mask: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+    """Latent mask (B, S) and context mask (B, L), 1 = present -> (B, 1, S, L) bool, True where both are.
+
+    Built once per forward and shared by every block (the reference rebuilds it in each block).
+    """
+    return ((mask[:, :, None] * context_mask[:, None, :]) == 1)[:, None]

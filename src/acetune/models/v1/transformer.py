@@ -22,7 +22,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from acetune.models.layers import modulate, rms_norm, timestep_sinusoid
-from acetune.models.v1.attention import CrossAttention, LinearSelfAttention, rope_tables
+from acetune.models.v1.attention import CrossAttention, LinearSelfAttention, cross_attention_mask, rope_tables
 from acetune.models.v1.lyric_encoder import LyricEncoder
 
 
@@ -85,15 +85,16 @@ class LinearTransformerBlock(nn.Module):
         self.ff = GLUMBConv(dim, int(dim * mlp_ratio))
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
 
-    def forward(self, x, mask, context, context_mask, temb, rope, rope_context):
-        """x (B, S, W), mask (B, S), context (B, L, W), context_mask (B, L), temb (B, 6W) -> (B, S, W)."""
+    def forward(self, x, mask, context, allowed, temb, rope, rope_context):
+        """x (B, S, W), mask (B, S) or None (every frame real), context (B, L, W), allowed (B, 1, S, L) from
+        `cross_attention_mask`, temb (B, 6W) -> (B, S, W)."""
         b = x.shape[0]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table[None] + temb.reshape(b, 6, -1)
         ).chunk(6, dim=1)  # each (B, 1, W)
         x = x + gate_msa * self.attn(modulate(rms_norm(x), shift_msa, scale_msa), mask, rope)
         # cross-attention reads the un-normalised residual stream and has no gate
-        x = x + self.cross_attn(x, mask, context, context_mask, rope, rope_context)
+        x = x + self.cross_attn(x, context, allowed, rope, rope_context)
         return x + gate_mlp * self.ff(modulate(rms_norm(x), shift_mlp, scale_mlp))
 
 
@@ -315,9 +316,13 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         cfg = self.config
         rope = rope_tables(x.shape[1], cfg.attention_head_dim, cfg.rope_theta, x.device)
         rope_context = rope_tables(encoder_hidden_states.shape[1], cfg.attention_head_dim, cfg.rope_theta, x.device)
+        # shared by every block: the cross-attention mask, and the linear attention's frame mask (None when
+        # every frame is real: multiplying q, k, v by ones is exact, so it is skipped)
+        allowed = cross_attention_mask(attention_mask, encoder_hidden_mask)
+        frame_mask = None if _all_set(attention_mask) else attention_mask
         captured = []  # block outputs the SSL projectors read, in block order (as the reference collects them)
         for i, block in enumerate(self.transformer_blocks):
-            args = (x, attention_mask, encoder_hidden_states, encoder_hidden_mask, temb, rope, rope_context)
+            args = (x, frame_mask, encoder_hidden_states, allowed, temb, rope, rope_context)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = self._gradient_checkpointing_func(block, *args)
             else:
@@ -361,6 +366,11 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     def _record(self, name: str, value: torch.Tensor) -> None:
         if self.capture is not None:
             self.capture[name] = value.detach()
+
+
+def _all_set(mask: torch.Tensor) -> bool:
+    """True when a 0/1 mask is all ones (False on the meta device, where values are unknown)."""
+    return mask.device.type != "meta" and bool(mask.all())
 
 
 def projected_loss(projector: nn.Module, inner: torch.Tensor, targets) -> torch.Tensor:
