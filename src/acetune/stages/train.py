@@ -205,17 +205,10 @@ def as_linear_pointwise_convs(model: torch.nn.Module) -> int:
 def quantize_int8(model: torch.nn.Module) -> int:
     """int8 weights for every Linear and pointwise conv of the transformer blocks (optimum-quanto); returns
     the number of quantized layers. Apply before the LoRA is added."""
-    try:
-        from optimum.quanto import freeze, qint8, quantize
-    except ImportError as err:
-        raise UsageError("--int8 needs optimum-quanto", fix="pip install optimum-quanto") from err
-    as_linear_pointwise_convs(model)
-    quantize(model.transformer_blocks, weights=qint8)
-    freeze(model.transformer_blocks)
-    qlinears = [m for m in model.transformer_blocks.modules() if type(m).__name__ == "QLinear"]
-    for m in qlinears:  # quanto's CPU int8 matmul needs a contiguous last dimension
-        m.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
-    return len(qlinears)
+    from acetune.training.quantize import quantize_linears_int8
+
+    as_linear_pointwise_convs(model)  # quanto has no Conv1d: make GLUMBConv's pointwise convs Linears first
+    return quantize_linears_int8(model.transformer_blocks)
 
 
 def build_run(args: Args, echo=print):

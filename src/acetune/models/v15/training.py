@@ -31,6 +31,7 @@ from acetune.models.v15.adapters import (
     diffusers_name,
     read_trained_lora,
 )
+from acetune.training.quantize import quantize_linears_int8
 
 logger = logging.getLogger(__name__)
 
@@ -214,13 +215,4 @@ def add_training_adapter(model: torch.nn.Module, config: dict, kind: str = "lora
 
 def quantize_int8(model: torch.nn.Module) -> int:
     """int8 weights (optimum-quanto) for every Linear of the DiT layers; returns how many. Before the adapter."""
-    try:
-        from optimum.quanto import freeze, qint8, quantize
-    except ImportError as err:
-        raise UsageError("--int8 needs optimum-quanto", fix="pip install optimum-quanto") from err
-    quantize(model.layers, weights=qint8)
-    freeze(model.layers)
-    qlinears = [m for m in model.layers.modules() if type(m).__name__ == "QLinear"]
-    for m in qlinears:  # quanto's CPU int8 matmul needs a contiguous last dimension
-        m.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
-    return len(qlinears)
+    return quantize_linears_int8(model.layers)
