@@ -21,3 +21,27 @@ def test_readme_has_exactly_two_setup_commands():
 def test_ci_runs_the_readme_test_command():
     _, tests = readme_commands()
     assert tests in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_readme_stage_examples_parse():
+    """Every `acetune <stage> ...` example in the README names flags that stage has.
+
+    argparse exits (SystemExit) on an unknown flag; an `AcetuneError` from `__post_init__` only says
+    the example's folders do not exist here, which is fine.
+    """
+    import importlib
+    import shlex
+
+    from acetune.cli import COMMANDS, parse_args
+    from acetune.errors import AcetuneError
+
+    text = (REPO / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    examples = re.findall(r"`?(acetune [a-z-]+ --[^`\n]+)", text)
+    assert len(examples) >= 6
+    for line in examples:
+        argv = shlex.split(line)[1:]
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+        try:
+            parse_args(module.Args, argv[1:], prog=f"acetune {argv[0]}")
+        except AcetuneError:
+            pass

@@ -20,18 +20,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from acetune.errors import AcetuneError, UsageError
+from acetune.progress import silence_library_bars
 
 # name -> (module, one-line summary). Modules are imported only when their command runs.
-COMMANDS: dict[str, tuple[str, str]] = {
+COMMANDS: dict[str, tuple[str, str]] = {  # in pipeline order (the order `acetune` lists them)
     "caption": ("acetune.stages.caption", "write tag prompts, lyrics, BPM and key next to each song"),
     "build-dataset": ("acetune.stages.build_dataset", "scan an audio folder and its sidecars into a dataset"),
-    "selftest": ("acetune.stages.selftest", "check this implementation against golden reference vectors"),
     "preprocess": ("acetune.stages.preprocess", "encode the song dataset once into latents and embeddings for training"),
-    "export": ("acetune.stages.export", "bake alpha, convert to ComfyUI keys, SVD-resize or merge a LoRA"),
     "train": ("acetune.stages.train", "train a LoRA on the transformer from a preprocessed dataset"),
+    "export": ("acetune.stages.export", "bake alpha, convert to ComfyUI keys, SVD-resize or merge a LoRA"),
     "generate": ("acetune.stages.generate", "render a song from a prompt, lyrics and LoRAs to 48 kHz audio"),
     "demo": ("acetune.stages.demo", "run the whole pipeline on a tiny generated model and songs (offline, minutes)"),
     "doctor": ("acetune.stages.doctor", "check a checkpoint folder (files, configs, keys, shapes, dtype, disk, GPU)"),
+    "selftest": ("acetune.stages.selftest", "check this implementation against golden reference vectors"),
 }
 
 
@@ -166,6 +167,7 @@ def run_command(name: str, argv: Sequence[str] | None = None, prog: str | None =
     module_name, summary = COMMANDS[name]
     prog = prog or f"acetune {name}"
     try:
+        silence_library_bars()
         module = importlib.import_module(module_name)
         description = (module.__doc__ or summary).strip()
         args = parse_args(module.Args, argv, prog, description, getattr(module, "EXAMPLES", None))

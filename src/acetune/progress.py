@@ -21,3 +21,15 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     kw.setdefault("disable", progress_disabled())
     kw.setdefault("dynamic_ncols", True)
     return tqdm(iterable, total=total, desc=desc, unit=unit, **kw)
+
+
+def silence_library_bars() -> None:
+    """With ACETUNE_NO_PROGRESS set, also silence the bars transformers/diffusers/datasets draw."""
+    if not progress_disabled():
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for module in ("transformers.utils.logging", "diffusers.utils.logging", "datasets.utils.logging"):
+        try:
+            __import__(module, fromlist=["disable_progress_bar"]).disable_progress_bar()
+        except (ImportError, AttributeError):  # a library that is absent or too old to have the switch
+            pass
