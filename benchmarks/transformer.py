@@ -44,8 +44,8 @@ def measure(name: str, length: str, ckpt: bool, dtype_name: str, repeats: int) -
     model = build_transformer(configs()[name])
     params = sum(p.numel() for p in model.parameters())  # as the official state dict counts them
     model.drop_unused_projections()
+    model.to(dtype)  # on the meta device: det_init_ then materialises each weight straight in `dtype`
     det_init_(model)
-    model.to(dtype)
     model.requires_grad_(False)
     model.add_adapter(LoraConfig(r=64, lora_alpha=1, use_rslora=True,
                                  target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
