@@ -9,12 +9,11 @@ import torch
 
 from acetune.parity.audio import get_audio_case
 from acetune.resample import resample, resample_kernel
+from golden_checks import assert_rows_pass
 
 
 def test_golden_get_audio_case_passes(golden):
-    rows = get_audio_case(golden)  # the same function `acetune selftest --only get_audio` runs
-    failed = [r for r in rows if not r.passed]
-    assert not failed, "\n".join(f"{r.tensor}: {r.metric} {r.value:.3e} > {r.tolerance}" for r in failed)
+    rows = assert_rows_pass(get_audio_case(golden))  # the function `acetune selftest --only get_audio` runs
     assert {r.tensor for r in rows} >= {"resample_kernel_48000_to_44100", "resample_kernel_44100_to_48000",
                                          "resampled_44k", "short_0p10s_is_silent.rejected"}
 

@@ -14,6 +14,7 @@ from acetune.models.v1.transformer import ACEStepTransformer2DModel, tiny_transf
 from acetune.parity.registry import load_case_modules, run_case
 from acetune.training.data import ConditionDropout, LyricCache, Sample, make_batch
 from acetune.training.lora import add_lora, init_lora_from_file, lora_scale, touches_lyric_encoder
+from golden_checks import assert_rows_pass
 
 LORA = {"r": 4, "lora_alpha": 1, "use_rslora": True, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
 
@@ -21,9 +22,7 @@ LORA = {"r": 4, "lora_alpha": 1, "use_rslora": True, "target_modules": ["to_q", 
 def test_v1_train_step_matches_golden(golden):
     """Both golden cases: loss terms abs 1e-5, model output rel 1e-5, all 44 LoRA gradients rel 1e-4."""
     assert "v1_train_step" in load_case_modules()
-    rows = run_case("v1_train_step", golden)
-    failed = [r for r in rows if not r.passed]
-    assert not failed, "\n".join(map(str, failed))
+    rows = assert_rows_pass(run_case("v1_train_step", golden))
     grads = [r for r in rows if r.tensor.startswith("grad.")]
     assert len(grads) == 2 * 44
     assert {r.case for r in rows} == {"v1_train_step:saved", "v1_train_step:full", "v1_train_step:latent_pad"}

@@ -17,6 +17,7 @@ from acetune.models.v1.dcae import MusicDCAE, official_dcae_config, plan_windows
 from acetune.models.v1.vocoder import ADaMoSHiFiGANV1, tiny_vocoder_config
 from acetune.parity.codec import build_golden_codec
 from acetune.parity.registry import rel_l2, run_case
+from golden_checks import assert_rows_pass
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +34,7 @@ def codec(codec_dir) -> MusicDCAE:
 
 
 def test_golden_codec_case_passes(golden):
-    rows = run_case("v1_codec", golden)
-    failed = [r for r in rows if not r.passed]
-    assert not failed, "\n".join(f"{r.tensor}: {r.metric} {r.value:.3e} > {r.tolerance}" for r in failed)
+    rows = assert_rows_pass(run_case("v1_codec", golden))
     names = {r.tensor for r in rows}
     assert {"log_mel", "dcae_encoder_input", "latents", "latent_lengths", "vocoder_input_mel", "decoded_44k",
             "decoded_48k minus channel mean", "resampled_44k"} <= names

@@ -18,12 +18,12 @@ from acetune.models.v1.flow import (
     training_schedule,
 )
 from acetune.parity.registry import run_case
+from golden_checks import assert_rows_pass
 
 
 def test_golden_v1_flow(golden):
-    rows = run_case("v1_flow", golden)
-    failed = [r for r in rows if not r.passed]
-    assert len(rows) >= 28 and not failed, "\n".join(map(str, failed))
+    rows = assert_rows_pass(run_case("v1_flow", golden))
+    assert len(rows) >= 28
 
 
 def test_training_schedule_endpoints():

@@ -24,6 +24,7 @@ from acetune.models.v1.lyrics import (
 )
 from acetune.models.v1.lyrics.vocab import sha256_of
 from acetune.parity.lyrics import lyrics_case
+from golden_checks import assert_rows_pass
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +45,7 @@ def samples(golden):
 # ---- parity ----
 
 def test_golden_case_all_rows_pass(golden, samples):
-    rows = lyrics_case(golden)
-    failing = [r for r in rows if not r.passed]
-    assert not failing, "\n".join(f"{r.tensor}: {r.value}" for r in failing)
+    rows = assert_rows_pass(lyrics_case(golden))
     assert len(samples) == 80
     summary = {r.tensor.split(":")[0]: r.value for r in rows[:5]}
     # 80/80 exact on both paths, every language decision and every tokenizer call.

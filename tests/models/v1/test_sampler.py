@@ -17,13 +17,13 @@ from acetune.models.v1.sampler import (
 )
 from acetune.parity.det_init import det_init_
 from acetune.parity.registry import run_case
+from golden_checks import assert_rows_pass
 
 
 def test_golden_v1_sampler(golden):
-    rows = run_case("v1_sampler", golden)
-    failed = [r for r in rows if not r.passed]
+    rows = assert_rows_pass(run_case("v1_sampler", golden))
     # 2 cases × (2 call counts + 8 steps × 6 tensors + 12 decodes + 2 encodes + noise + final latents)
-    assert len(rows) == 132 and not failed, "\n".join(map(str, failed))
+    assert len(rows) == 132
 
 
 @pytest.fixture(scope="module")

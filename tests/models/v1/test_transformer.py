@@ -12,11 +12,7 @@ from acetune.models.v1.loading import build_transformer, config_kwargs
 from acetune.models.v1.transformer import ACEStepTransformer2DModel, tiny_transformer_config
 from acetune.parity import transformer as parity
 from acetune.parity.registry import run_case
-
-
-def assert_rows(rows):
-    failed = [r for r in rows if not r.passed]
-    assert not failed, "\n".join(f"{r.case} {r.tensor} {r.metric}={r.value:.3e} > {r.tolerance:.1e}" for r in failed)
+from golden_checks import assert_rows_pass
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +23,7 @@ def tiny(golden):
 def test_tiny_golden_case(golden):
     """det_init, encoder states, lyric encoder, every intermediate, sample, losses, latent_pad, gradients."""
     rows = run_case("v1_transformer_tiny", golden)
-    assert_rows(rows)
+    assert_rows_pass(rows)
     names = {r.tensor for r in rows}
     assert {"sample", "encoder_hidden_states", "intermediate.lyric_encoder.out", "proj_loss.mert",
             "proj_loss.m-hubert", "probe_loss"} <= names
@@ -67,7 +63,7 @@ def test_gradient_checkpointing_same_outputs_and_grads(tiny):
             m._gradient_checkpointing_func = counting
     rows = parity.gradient_rows("ckpt", model, parity.load_inputs(tiny / "inputs.safetensors"),
                                 load_file(str(tiny / "grads.safetensors")))
-    assert_rows(rows)
+    assert_rows_pass(rows)
     assert calls.count("LinearTransformerBlock") == 2 and calls.count("ConformerLayer") == 2
 
 
@@ -83,7 +79,7 @@ def test_bf16_within_readme_tolerance(tiny):
         "bf16", ours, {k: ref[k] for k in ("encoder_hidden_states", "intermediate.lyric_encoder.out")}, tol=2e-2)
     rows += parity.compare_outputs("bf16", ours, {k: v for k, v in ref.items() if k.startswith("proj_loss.")},
                                    loss_tol=1e-2)
-    assert_rows(rows)
+    assert_rows_pass(rows)
 
 
 def test_linear_attention_accumulates_in_fp32():
@@ -166,4 +162,4 @@ def test_state_dict_matches_official_manifest(golden):
 @pytest.mark.slow
 def test_full_size_golden(golden):
     """Official size with det_init weights (~14 GB RAM in fp32, a few minutes)."""
-    assert_rows(run_case("v1_transformer_full", golden))
+    assert_rows_pass(run_case("v1_transformer_full", golden))
