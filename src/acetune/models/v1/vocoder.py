@@ -23,6 +23,13 @@ from acetune.models.v1.mel import LogMelSpectrogram
 # ---- helpers ----
 
 
+def _split_weight_norm(conv: nn.Module) -> None:
+    """Replace `conv.weight` by `weight_g` (norm over every axis but 0) and `weight_v` (the direction)."""
+    v = conv._parameters.pop("weight").detach()
+    conv.weight_g = nn.Parameter(v.norm(dim=(1, 2), keepdim=True))
+    conv.weight_v = nn.Parameter(v)
+
+
 def _weight_from_norm(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """weight = g · v / ‖v‖, the norm taken over every axis but 0 (old `weight_norm`, dim=0)."""
     return v * (g / v.norm(dim=tuple(range(1, v.dim())), keepdim=True))
@@ -33,9 +40,7 @@ class WNConv1d(nn.Conv1d):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        v = self._parameters.pop("weight").detach()
-        self.weight_g = nn.Parameter(v.norm(dim=(1, 2), keepdim=True))
-        self.weight_v = nn.Parameter(v)
+        _split_weight_norm(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, _weight_from_norm(self.weight_v, self.weight_g), self.bias)
@@ -46,9 +51,7 @@ class WNConvTranspose1d(nn.ConvTranspose1d):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        v = self._parameters.pop("weight").detach()
-        self.weight_g = nn.Parameter(v.norm(dim=(1, 2), keepdim=True))
-        self.weight_v = nn.Parameter(v)
+        _split_weight_norm(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = _weight_from_norm(self.weight_v, self.weight_g)
