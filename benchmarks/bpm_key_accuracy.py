@@ -1,4 +1,4 @@
-"""How often `acetune.analysis` finds the tempo and key of generated clips whose truth is known.
+"""How often `acetune.audio.analysis` finds the tempo and key of generated clips whose truth is known.
 
 Each clip is a few bars of a chord progression in one of the 24 keys (bass, sustained pad, a
 melody on eighth notes, random additive timbres) over a drum pattern at a tempo drawn from
@@ -134,7 +134,7 @@ def tempo_verdict(estimate: float | None, truth: float, tol: float = 2.0) -> str
 
 def evaluate(cases: list[Case]) -> dict:
     """Run the analysis on every case; returns rates and the failing cases."""
-    from acetune.analysis import estimate_bpm, estimate_key, key_name
+    from acetune.audio.analysis import estimate_bpm, estimate_key, key_name
 
     counts = {"hit": 0, "octave": 0, "miss": 0}
     key_ok = 0

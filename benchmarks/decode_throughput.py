@@ -1,4 +1,4 @@
-"""Decode + resample throughput of `acetune.audio.audio_read` for a 3-minute song.
+"""Decode + resample throughput of `acetune.audio.io.audio_read` for a 3-minute song.
 
 Prints seconds of audio per wall-clock second (median of --repeats) for wav, flac and mp3 at
 44.1 kHz (resampled to 48 kHz, the common case) and 48 kHz (no resampling). Run:
@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from acetune.audio import audio_read
+from acetune.audio.io import audio_read
 
 
 def measure(seconds: float, repeats: int, rates=(44100, 48000), formats=("wav", "flac", "mp3")) -> list[tuple]:

@@ -30,8 +30,8 @@ FORK_MB_PER_S = 0.468
 
 
 def measured(root: Path, songs: int, seconds: float, vocab: Path) -> list[tuple[str, float, float]]:
-    from acetune import schema
     from acetune.cli import run_command
+    from acetune.dataset import schema
     from acetune.models.v1.tiny import save_tiny_checkpoint
     from acetune.preprocessing import store
     from audio_fixtures import make_audio
@@ -61,7 +61,7 @@ def measured(root: Path, songs: int, seconds: float, vocab: Path) -> list[tuple[
 
 
 def official_shapes(root: Path, seconds: float = 60.0) -> list[tuple[str, float]]:
-    from acetune import schema
+    from acetune.dataset import schema
     from acetune.preprocessing import store
 
     frames = int(seconds * 48000 * 44100 / 48000 / 4096) + 1

@@ -19,7 +19,7 @@ import torch
 from acetune.captioning.prompts import LYRICS_PROMPT, SYSTEM_PROMPT, TAGS_PROMPT
 from acetune.captioning.tags import clean_lyrics, clean_tags, merge_captions, parse_response
 from acetune.cli import run_command
-from acetune.sidecars import INSTRUMENTAL, sidecar_name
+from acetune.dataset.sidecars import INSTRUMENTAL, sidecar_name
 
 SR = 44100
 

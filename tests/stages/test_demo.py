@@ -64,7 +64,7 @@ def test_model_set_and_songs(demo_run):
 def test_datasets(demo_run):
     from datasets import load_from_disk
 
-    from acetune.schema import load_dataset
+    from acetune.dataset.schema import load_dataset
 
     w, _, _ = demo_run
     rows = load_from_disk(str(w / "data" / "filenames"))
@@ -98,7 +98,7 @@ def test_export_and_generate(demo_run):
 
 
 def test_tiny_lyric_vocab_keeps_the_special_ids(tmp_path):
-    from acetune.demo_songs import SONGS
+    from acetune.dataset.demo_songs import SONGS
     from acetune.models.v1.lyrics import LINE_BREAK_ID, START_ID, UNK_ID, LyricTokenizer
 
     size = demo.write_tiny_lyric_vocab(tmp_path / "vocab.json", [s.lyrics for s in SONGS if s.lyrics])

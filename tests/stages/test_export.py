@@ -14,10 +14,10 @@ from peft import LoraConfig, inject_adapter_in_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from acetune import lora_keys as lk
 from acetune.cli import run_command
 from acetune.layout import CONFIG_FILE, V1_TRANSFORMER_DIR, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
-from acetune.lora_file import NO_SCALE_ERROR, read_lora
+from acetune.lora import keys as lk
+from acetune.lora.file import NO_SCALE_ERROR, read_lora
 from acetune.parity.registry import rel_l2
 
 REPO = Path(__file__).resolve().parents[2]

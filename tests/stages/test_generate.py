@@ -16,11 +16,11 @@ import soundfile as sf
 import torch
 from safetensors.torch import save_file
 
-from acetune import lora_keys as lk
 from acetune.cli import run_command
 from acetune.layout import V1_TEXT_ENCODER_DIR
-from acetune.lora_file import read_lora
-from acetune.lora_fuse import fuse_loras
+from acetune.lora import keys as lk
+from acetune.lora.file import read_lora
+from acetune.lora.fuse import fuse_loras
 from acetune.models.v1.family import FAMILY
 from acetune.models.v1.pipeline import SAMPLE_RATE, output_samples
 from acetune.models.v1.tiny import save_tiny_checkpoint

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from transformers import HubertModel
 
-from acetune import schema
-from acetune.audio import load_song
+from acetune.audio.io import load_song
+from acetune.audio.resample import resample
 from acetune.cli import run_command
+from acetune.dataset import schema
 from acetune.models.v1.dcae import MusicDCAE
 from acetune.models.v1.lyrics import LyricTokenizer
 from acetune.models.v1.text_encoder import TextEncoder
-from acetune.resample import resample
 from audio_fixtures import make_audio
 
 LYRICS = "[verse]\nThe night is young and we are running\nUnder city lights we keep on singing"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_preprocess import build, make_songs, preprocess, rows_by_key
 
-from acetune import schema
+from acetune.dataset import schema
 
 REPO = Path(__file__).resolve().parents[2]
 

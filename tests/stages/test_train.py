@@ -20,8 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from acetune.cli import run_command
-from acetune.lora_keys import LORA_WEIGHTS_FILE
-from acetune.schema import DatasetMeta
+from acetune.dataset.schema import DatasetMeta
+from acetune.lora.keys import LORA_WEIGHTS_FILE
 from acetune.training import checkpoint as ckpt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))

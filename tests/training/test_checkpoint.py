@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from acetune.errors import CheckpointError, UsageError
-from acetune.lora_keys import LORA_WEIGHTS_FILE
+from acetune.lora.keys import LORA_WEIGHTS_FILE
 from acetune.training import checkpoint as ckpt
 from acetune.training.optim import build_lr_scheduler, build_optimizer
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from acetune.lora_keys import ADAPTER_CONFIG_FILE, LORA_WEIGHTS_FILE
+from acetune.lora.keys import ADAPTER_CONFIG_FILE, LORA_WEIGHTS_FILE
 from acetune.models.v1.family import FAMILY
 from acetune.models.v1.transformer import ACEStepTransformer2DModel, tiny_transformer_config
 from acetune.parity.registry import load_case_modules, run_case

@@ -1,7 +1,7 @@
 """A tiny checkpoint + preprocessed dataset for trainer tests (generated, written in the real layouts).
 
 `make_checkpoint(folder)` writes a 2-block tiny v1 checkpoint through `save_tiny_checkpoint`;
-`make_dataset(folder, checkpoint)` writes songs in the `acetune.schema` layout (what `acetune
+`make_dataset(folder, checkpoint)` writes songs in the `acetune.dataset.schema` layout (what `acetune
 preprocess` writes) with random latents, K prompt variants, lyrics and optional int8 SSL targets.
 Also usable from subprocess scripts: `python train_fixtures.py CKPT DATA` builds both.
 """
@@ -28,7 +28,7 @@ def make_dataset(folder: Path, checkpoint: Path, *, songs: int = 3, frames: tupl
     import datasets
     from datasets import Dataset
 
-    from acetune import schema
+    from acetune.dataset import schema
 
     datasets.disable_progress_bars()
     from acetune.models.v1.family import FAMILY

@@ -3,7 +3,7 @@
 The model answers in JSON, as in the woct0rdho fork's `generate_prompts_lyrics.py`: separate fields
 keep lyrics apart from tags and say whether there is a voice, and `acetune.captioning.tags` turns
 the fields into the comma-separated tag line ACE-Step was trained on (it wants tags, not
-sentences). No BPM or key is asked: `acetune.analysis` measures those far more accurately.
+sentences). No BPM or key is asked: `acetune.audio.analysis` measures those far more accurately.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Turn a model's answer into clean tags and lyrics; merge the answers for a song's chunks.
 
 Rules for tags: lower-case, trimmed of quotes/bullets/punctuation, whitespace collapsed,
-de-duplicated (first occurrence kept), numbers/BPM dropped (measured by `acetune.analysis`), and
+de-duplicated (first occurrence kept), numbers/BPM dropped (measured by `acetune.audio.analysis`), and
 stray prose removed: anything longer than `MAX_TAG_WORDS` words or that reads like a sentence
 ("this track features ...") is not a tag. Vocal tags get " vocal" appended when they do not
 already say so ("female" -> "female vocal"), as the fork does.

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from acetune.audio import get_audio_rules
+from acetune.audio.io import get_audio_rules
+from acetune.audio.resample import resample, resample_kernel
 from acetune.parity.registry import Row, golden_case, row_exact, row_rel
-from acetune.resample import resample, resample_kernel
 
 CASE = "get_audio"
 TOL = 1e-5

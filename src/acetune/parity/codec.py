@@ -64,8 +64,8 @@ def codec_case(golden: Path) -> list[Row]:
         padded = F.pad(audio44, (0, meta["mel_input_padded_length"] - audio44.shape[-1]))
         rel("log_mel", mel_fn(padded))
 
-        # Resampler (torchaudio kernel rebuilt in acetune.resample).
-        from acetune.resample import resample, resample_kernel
+        # Resampler (torchaudio kernel rebuilt in acetune.audio.resample).
+        from acetune.audio.resample import resample, resample_kernel
 
         rel("resample_kernel_48000_to_44100", resample_kernel(48000, 44100)[0])
         rel("resample_kernel_44100_to_48000", resample_kernel(44100, 48000)[0])

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import torch
 
-from acetune import schema
-from acetune.audio import decode, get_audio_rules, is_silent
+from acetune.audio.io import decode, get_audio_rules, is_silent
+from acetune.dataset import schema
+from acetune.dataset.sidecar_reader import INSTRUMENTAL
+from acetune.dataset.song import SongRecord
 from acetune.errors import AcetuneError, InputError
 from acetune.preprocessing import ssl
 from acetune.preprocessing.samples import (
@@ -39,8 +41,6 @@ from acetune.preprocessing.samples import (
     song_rng,
 )
 from acetune.report import Report
-from acetune.sidecar_reader import INSTRUMENTAL
-from acetune.song import SongRecord
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def load_windows(song: SongRecord, s: Settings, sample_rate: int) -> list[tuple[
     """
     wav, sr = decode(song.filename)
     if s.loudness_lufs is not None:
-        from acetune.analysis import normalize_loudness
+        from acetune.audio.analysis import normalize_loudness
 
         wav = normalize_loudness(wav, sr, s.loudness_lufs)
     real = min(wav.shape[-1], int(sr * s.max_duration)) if (s.max_duration and not s.split) else wav.shape[-1]

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from acetune.audio.resample import resample
 from acetune.errors import CheckpointError, UsageError
-from acetune.resample import resample
 
 logger = logging.getLogger(__name__)
 

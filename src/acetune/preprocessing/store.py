@@ -1,6 +1,6 @@
 """The preprocessed output folder: finished parts, resume index, atomic writes, merging outputs.
 
-Layout and columns are `acetune.schema`'s. This module only decides which part folders exist:
+Layout and columns are `acetune.dataset.schema`'s. This module only decides which part folders exist:
 
 - A part is written to `parts/.tmp-<tag>-<pid>-<n>/` and renamed to `parts/part-<tag>-<n>/` when
   complete, so a killed run leaves either a whole part or a temp folder the next run deletes.
@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acetune import schema
+from acetune.dataset import schema
 from acetune.errors import UsageError
 from acetune.preprocessing.samples import song_key_of
 

@@ -21,12 +21,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from acetune.audio import AUDIO_EXTENSIONS, audio_info, decode, get_audio_rules
+from acetune.audio.io import AUDIO_EXTENSIONS, audio_info, decode, get_audio_rules
 from acetune.cli import arg
-from acetune.errors import InputError, UsageError
-from acetune.progress import progress, progress_disabled
-from acetune.report import Report
-from acetune.sidecar_reader import (
+from acetune.dataset.sidecar_reader import (
     SidecarError,
     Sidecars,
     clean_lyrics,
@@ -35,7 +32,10 @@ from acetune.sidecar_reader import (
     read_bpm_csv,
     read_text,
 )
-from acetune.song import SongRecord, normalize_bpm, normalize_text, split_tags, to_dataset
+from acetune.dataset.song import SongRecord, normalize_bpm, normalize_text, split_tags, to_dataset
+from acetune.errors import InputError, UsageError
+from acetune.progress import progress, progress_disabled
+from acetune.report import Report
 
 EXAMPLES = """examples:
   acetune build-dataset --data_dir ./songs --output_name ./songs_filenames

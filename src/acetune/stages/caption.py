@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acetune.cli import arg
+from acetune.dataset.sidecars import INSTRUMENTAL, SIDECAR_NAMES, sidecar_name
 from acetune.errors import AcetuneError, CheckpointError, InputError, UsageError
 from acetune.progress import progress
 from acetune.report import Report
-from acetune.sidecars import INSTRUMENTAL, SIDECAR_NAMES, sidecar_name
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Plan:
 
 def find_songs(folder: Path) -> list[Path]:
     """Audio files directly in `folder`, sorted by name (as the fork does)."""
-    from acetune.audio import AUDIO_EXTENSIONS
+    from acetune.audio.io import AUDIO_EXTENSIONS
 
     if not folder.is_dir():
         raise InputError("audio folder not found", path=folder, fix="pass the folder holding your songs to --data_dir")
@@ -150,10 +150,10 @@ def caption_song(plan: Plan, backend, args: Args, report: Report) -> bool:
     """Load, analyse, caption and write one song. Returns False if the backend must be dropped."""
     import torch
 
-    from acetune.analysis import analyze
-    from acetune.audio import audio_read
+    from acetune.audio.analysis import analyze
+    from acetune.audio.io import audio_read
+    from acetune.audio.resample import resample
     from acetune.captioning.backends import SAMPLE_RATE, caption_audio
-    from acetune.resample import resample
 
     wav48 = audio_read(plan.audio)  # (2, T) float32 at 48 kHz; InputError if undecodable
     wav16 = resample(wav48.mean(dim=0, keepdim=True), 48000, SAMPLE_RATE)[0]  # (T,) mono 16 kHz

@@ -105,7 +105,7 @@ def write_tiny_lyric_vocab(path: Path, corpus: list[str]) -> int:
 
 def make_model_set(folder: Path, seed: int, layers: int = 20) -> Path:
     """The tiny checkpoint (official layout) with a lyric vocab trained on the demo's own words."""
-    from acetune.demo_songs import SONGS
+    from acetune.dataset.demo_songs import SONGS
     from acetune.models.v1.tiny import save_tiny_checkpoint
     from acetune.preprocessing.samples import SPEAKER_DIM
 
@@ -226,8 +226,8 @@ def prepare_workdir(workdir: Path) -> None:
 
 
 def run(args: Args) -> int:
-    from acetune.demo_songs import SONGS, write_demo_songs
-    from acetune.sidecars import sidecar_name
+    from acetune.dataset.demo_songs import SONGS, write_demo_songs
+    from acetune.dataset.sidecars import sidecar_name
 
     started = time.perf_counter()
     w = args.workdir

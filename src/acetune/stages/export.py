@@ -23,11 +23,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from acetune import lora_keys as lk
 from acetune.cli import arg
 from acetune.errors import CheckpointError, UsageError
 from acetune.layout import CONFIG_FILE, V1_TRANSFORMER_DIR, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
-from acetune.lora_file import (
+from acetune.lora import keys as lk
+from acetune.lora.file import (
     NO_SCALE_BAKED,
     NO_SCALE_ERROR,
     LoraModule,

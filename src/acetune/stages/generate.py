@@ -134,8 +134,8 @@ def read_lyrics(value: str) -> str:
 
 
 def run(args: Args) -> int:
-    from acetune.audio import audio_write
-    from acetune.lora_file import NO_SCALE_WARN, read_lora
+    from acetune.audio.io import audio_write
+    from acetune.lora.file import NO_SCALE_WARN, read_lora
     from acetune.models.family import family_names, get_family
     from acetune.models.v1.pipeline import V1Generator
 

@@ -1,7 +1,7 @@
 """Encode the filename-only dataset once into everything training needs (no encoder at train time).
 
 Reads the dataset `acetune build-dataset` wrote and writes a preprocessed dataset (schema:
-`acetune.schema`) of DCAE latents, K prompt-variant text embeddings, lyric ids, speaker embedding
+`acetune.dataset.schema`) of DCAE latents, K prompt-variant text embeddings, lyric ids, speaker embedding
 and optional MERT / mHuBERT SSL targets, in 16-bit by default. Output is written part by part:
 a rerun skips finished songs (same key, file size and mtime), Ctrl-C or a crash loses at most the
 part in progress, and `--num_shards/--shard_index` split the work over machines (`--merge` joins
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from acetune import schema
 from acetune.cli import arg
+from acetune.dataset import schema
+from acetune.dataset.song import SongRecord
 from acetune.errors import InputError, UsageError
 from acetune.preprocessing import pipeline, ssl, store
 from acetune.progress import progress
 from acetune.report import Report
-from acetune.song import SongRecord
 
 EXAMPLES = """examples:
   acetune preprocess --input_name ./songs_filenames --output_name ./songs_prep --checkpoint_dir ./ACE-Step-v1-3.5B

@@ -215,8 +215,8 @@ def build_run(args: Args, echo=print):
     """Load everything `fit` needs: model + LoRA, dataset, caches, optimizer, schedule, logger."""
     from accelerate import Accelerator
 
+    from acetune.dataset.schema import load_dataset
     from acetune.models.family import detect_family
-    from acetune.schema import load_dataset
     from acetune.training import checkpoint as ckpt
     from acetune.training.data import ConditionDropout, LyricCache, SongDataset
     from acetune.training.loggers import MetricsLogger, build_logger

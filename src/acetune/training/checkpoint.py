@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from acetune.errors import CheckpointError, UsageError
-from acetune.lora_keys import ADAPTER_CONFIG_FILE, LORA_WEIGHTS_FILE, SAVED_METADATA
+from acetune.lora.keys import ADAPTER_CONFIG_FILE, LORA_WEIGHTS_FILE, SAVED_METADATA
 from acetune.training.resume import get_rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Preprocessed dataset -> training batches (ACE-Step v1 schema, `acetune.schema`).
+"""Preprocessed dataset -> training batches (ACE-Step v1 schema, `acetune.dataset.schema`).
 
 - `SongDataset[i]` decodes one row into float tensors (`Sample`); the DataLoader hands lists of
   them to the main process (`collate_fn=list`), so every random choice below is drawn there, from
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from acetune import schema
+from acetune.dataset import schema
 
 
 @dataclass
@@ -44,7 +44,7 @@ class ConditionDropout:
 
 @dataclass
 class Sample:
-    """One decoded row (float32 tensors). Shapes as in `acetune.schema`."""
+    """One decoded row (float32 tensors). Shapes as in `acetune.dataset.schema`."""
 
     key: str
     latents: torch.Tensor  # (8, 16, F)

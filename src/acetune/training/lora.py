@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from acetune.errors import InputError, UsageError
-from acetune.lora_keys import (
+from acetune.lora.keys import (
     ADAPTER_CONFIG_FILE,
     ALPHA,
     LORA_A,

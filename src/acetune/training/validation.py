@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from acetune.audio import audio_write
+from acetune.audio.io import audio_write
 from acetune.errors import UsageError
 from acetune.models.v1.mel import LogMelSpectrogram
 from acetune.models.v1.pipeline import MIN_DURATION, SAMPLE_RATE, V1Generator

@@ -14,8 +14,8 @@ def v15_prepared(tmp_path_factory) -> tuple[Path, Path]:
     from tests.audio_fixtures import make_audio
 
     from acetune.cli import run_command
+    from acetune.models.v15.schema import FAMILY_NAME
     from acetune.models.v15.tiny import save_tiny_checkpoint_v15
-    from acetune.schema_v15 import FAMILY_NAME
 
     base = tmp_path_factory.mktemp("v15stages")
     checkpoint = save_tiny_checkpoint_v15(base / "acestep-v15-tiny")

@@ -24,7 +24,7 @@ def test_demo_runs_on_acestep15(tmp_path, monkeypatch):
                                                       "export", "generate"]
     assert json.loads((w / demo.CHECKPOINT_V15 / "model_index.json").read_text())["_class_name"] == "AceStepPipeline"
 
-    from acetune.schema import load_dataset
+    from acetune.dataset.schema import load_dataset
 
     prep, meta = load_dataset(str(w / "data" / "prep"))
     assert meta.family == "acestep15" and len(prep) == 3

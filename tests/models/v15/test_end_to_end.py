@@ -14,16 +14,16 @@ import pytest
 import torch
 from tests.audio_fixtures import make_audio
 
-from acetune import schema
-from acetune.audio import audio_read
+from acetune.audio.io import audio_read
+from acetune.dataset import schema
+from acetune.dataset.sidecar_reader import find_sidecars
+from acetune.dataset.song import SongRecord, split_tags
 from acetune.errors import CheckpointError
 from acetune.models.family import detect_family, get_family
 from acetune.models.v15 import adapters
 from acetune.models.v15.generate import load_lora_checked, load_pipeline
+from acetune.models.v15.schema import FAMILY_NAME, decode, row
 from acetune.models.v15.tiny import save_tiny_checkpoint_v15
-from acetune.schema_v15 import FAMILY_NAME, decode, row
-from acetune.sidecar_reader import find_sidecars
-from acetune.song import SongRecord, split_tags
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_preprocess_reads_sidecars_and_round_trips(checkpoint, family, tmp_path)
                  "- duration: 2 seconds"):
         assert fact in enc.text_prompt
     assert enc.lyrics_prompt.startswith("# Languages\nen\n\n# Lyric\n[verse]\nneon rain")
-    # 1.5 rows fit the shared schema's columns (schema_v15 docstring) and decode back exactly
+    # 1.5 rows fit the shared schema's columns (models/v15/schema.py docstring) and decode back exactly
     r = row("song", song.filename, 0, 0, 0, 2.0, enc.latents, enc.encoder_states, enc.text_prompt,
             enc.lyrics_prompt, storage="float32")
     Dataset.from_list([r], features=schema.features(())).save_to_disk(str(tmp_path / "ds"))

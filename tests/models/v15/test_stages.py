@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from acetune.cli import run_command
+from acetune.dataset.schema import load_dataset
 from acetune.models.v15.generate import load_lora_checked, load_pipeline
-from acetune.schema import load_dataset
-from acetune.schema_v15 import FAMILY_NAME, decode
+from acetune.models.v15.schema import FAMILY_NAME, decode
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_train_export_load_generate(prepared, tmp_path, capsys):
     assert run_command("generate", ["--checkpoint_dir", str(checkpoint), "--prompt", "dark synthwave",
                                     "--lyrics", "neon rain", "--duration", "1", "--steps", "2", "--seed", "0",
                                     "--lora", str(step), "--output", str(wav_path), "--device", "cpu"]) == 0
-    from acetune.audio import audio_read
+    from acetune.audio.io import audio_read
 
     wav = audio_read(wav_path, 48000)
     assert wav.shape == (2, 48000) and torch.isfinite(wav).all() and wav.abs().max() > 0

@@ -54,7 +54,7 @@ class Recorder:
 
 
 def test_validation_renders_through_the_pipeline(v15_prepared, tmp_path):
-    from acetune.audio import audio_read
+    from acetune.audio.io import audio_read
     from acetune.stages import train
     from acetune.training.loop import fit
 

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderDC
 from torch import nn
 
+from acetune.audio.resample import resample
 from acetune.errors import CheckpointError
 from acetune.layout import CONFIG_FILE, V1_DCAE_DIR, V1_VOCODER_DIR, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
 from acetune.models.v1.vocoder import ADaMoSHiFiGANV1
-from acetune.resample import resample
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ import torch
 
 from acetune.errors import UsageError
 from acetune.layout import V1_TEXT_ENCODER_DIR
-from acetune.lora_file import NO_SCALE_WARN, LoraFile, read_lora
-from acetune.lora_fuse import FusedLoras, fuse_loras
+from acetune.lora.file import NO_SCALE_WARN, LoraFile, read_lora
+from acetune.lora.fuse import FusedLoras, fuse_loras
 from acetune.models.v1.sampler import (
     ERG_DIFFUSION_BLOCKS,
     ERG_LYRIC_BLOCKS,

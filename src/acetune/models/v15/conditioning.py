@@ -11,9 +11,9 @@ both chosen to match the diffusers pipeline at inference:
 - the timbre encoder reads the checkpoint's `silence_latent[:, :750]` (30 s at 25 Hz) rather than
   one frame of zeros, which diffusers notes is out of distribution.
 
-Song metadata (bpm, keyscale, timesignature, language) comes from `acetune.song.SongRecord`, which
+Song metadata (bpm, keyscale, timesignature, language) comes from `acetune.dataset.song.SongRecord`, which
 build-dataset fills from the 1.5 sidecars (`.caption.txt`, `.lyrics.txt`, `.json`) and the
-Key-BPM-Finder CSV (`acetune.sidecar_reader`).
+Key-BPM-Finder CSV (`acetune.dataset.sidecar_reader`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
+from acetune.dataset.song import SongRecord
 from acetune.errors import CheckpointError
-from acetune.song import SongRecord
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ def _is_lokr(config) -> bool:
 
 def lora_modules(state: dict[str, torch.Tensor], config) -> dict:
     """Saved-layout LoRA state -> {module path: `lora_file.LoraModule`(a, b, peft scale)}."""
-    from acetune.lora_file import LoraModule
+    from acetune.lora.file import LoraModule
     from acetune.models.v15.adapters import adapter_scale
 
     scale = adapter_scale(config)

@@ -35,7 +35,7 @@ from acetune.models.v15.layout import (
     TRANSFORMER_DIR,
     VAE_DIR,
 )
-from acetune.schema_v15 import FAMILY_NAME
+from acetune.models.v15.schema import FAMILY_NAME
 
 _FIX = "download the complete diffusers ACE-Step 1.5 folder (e.g. ACE-Step/acestep-v15-turbo-diffusers)"
 CONFIG_FILE = "config.json"
@@ -98,7 +98,7 @@ class V15Family:
 
     def generate_song(self, args, lyrics: str, seed: int, out: Path) -> int:
         """`acetune generate` on a 1.5 checkpoint: `AceStepPipeline` with every `--lora` applied."""
-        from acetune.audio import audio_write
+        from acetune.audio.io import audio_write
 
         dtype = {"auto": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
         device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (

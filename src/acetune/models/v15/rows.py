@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from acetune.dataset.song import SongRecord
 from acetune.errors import AcetuneError
 from acetune.models.v15.conditioning import SongText, encode_song, load_encoders
-from acetune.schema_v15 import row
-from acetune.song import SongRecord
+from acetune.models.v15.schema import row
 
 _FIX = "check the file plays; if the device ran out of memory use --split or a lower --max_duration"
 
@@ -41,7 +41,7 @@ def load_preprocess_encoders(checkpoint_dir: str | Path, dtype: torch.dtype = to
 
 def encode_part(songs: list[SongRecord], enc: Encoders15, settings, report,
                 on_song: Callable[[], None] = lambda: None) -> list[dict]:
-    """Rows (`schema_v15.row`) of the songs; failed songs are reported and left out.
+    """Rows (`models.v15.schema.row`) of the songs; failed songs are reported and left out.
 
     Args:
         settings: `preprocessing.pipeline.Settings` (device, storage dtype, seed, crop / split).

@@ -1,7 +1,7 @@
 import torch
 from datasets import Dataset
 
-from acetune import schema
+from acetune.dataset import schema
 
 
 def test_blob_round_trip_each_dtype():

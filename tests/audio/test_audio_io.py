@@ -1,4 +1,4 @@
-"""acetune.audio: every format, rate and channel count; header info; reference rules; atomic writes."""
+"""acetune.audio.io: every format, rate and channel count; header info; reference rules; atomic writes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from acetune.audio import (
+from acetune.audio.io import (
     audio_info,
     audio_read,
     audio_write,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from acetune.audio import audio_write
-from acetune.sidecars import sidecar_name
+from acetune.audio.io import audio_write
+from acetune.dataset.sidecars import sidecar_name
 
 SAMPLE_RATE = 48000
 _MAJOR = (0, 2, 4, 5, 7, 9, 11)

@@ -1,4 +1,4 @@
-"""acetune.analysis: BS.1770 loudness against the standard's sine reference, normalisation, and the
+"""acetune.audio.analysis: BS.1770 loudness against the standard's sine reference, normalisation, and the
 BPM/key accuracy goals on a fast subset of benchmarks/bpm_key_accuracy.py."""
 
 from __future__ import annotations
@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from acetune.analysis import SongAnalysis, estimate_bpm, estimate_key, integrated_loudness, normalize_loudness
+from acetune.audio.analysis import (
+    SongAnalysis,
+    estimate_bpm,
+    estimate_key,
+    integrated_loudness,
+    normalize_loudness,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""acetune.resample reproduces torchaudio's Resample (golden kernels/outputs at 1e-5, here bit-exact)."""
+"""acetune.audio.resample reproduces torchaudio's Resample (golden kernels/outputs at 1e-5, here bit-exact)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from acetune.audio.resample import resample, resample_kernel
 from acetune.parity.audio import get_audio_case
-from acetune.resample import resample, resample_kernel
 from golden_checks import assert_rows_pass
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 
-from acetune import lora_keys as lk
 from acetune.errors import InputError
+from acetune.lora import keys as lk
 
 SAMPLE_MODULES = [
     "transformer_blocks.0.attn.to_q",

@@ -1,7 +1,7 @@
 """Fuse LoRA files into a model's linear weights at a strength, and undo it.
 
 For every adapted module: `W += strength · scale · B @ A` (A (r, in), B (out, r)), summed over the
-LoRAs in fp32 and cast once to W's dtype. Files are read by `acetune.lora_file.read_lora`, which
+LoRAs in fp32 and cast once to W's dtype. Files are read by `acetune.lora.file.read_lora`, which
 works out each module's scale with the rule `acetune export` and ComfyUI follow (`.alpha` tensors,
 else the peft config, else 1.0 as for a file exported with `--bake_alpha`).
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from acetune.errors import InputError
-from acetune.lora_file import LoraFile
+from acetune.lora.file import LoraFile
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ A module's delta is `scale · B @ A` (A (r, in), B (out, r)). Its scale comes fr
    `LoraLayer.update_layer`; `rank_pattern`/`alpha_pattern` honoured);
 3. else none: `if_no_scale` decides (raise, or 1.0 as for a file exported with `--bake_alpha`).
 
-Key forms: everything `acetune.lora_keys` parses. Data layer: imports no stage and no model.
+Key forms: everything `acetune.lora.keys` parses. Data layer: imports no stage and no model.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from acetune import lora_keys as lk
 from acetune.errors import InputError
+from acetune.lora import keys as lk
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ for .m4a .aac .wma .alac and as a fallback for anything soundfile cannot open. A
 
 - `audio_info(path)`: rate, channels, frames, duration from the header (no full decode).
 - `audio_read(path, sample_rate=48000)`: float32 (2, T): mono duplicated, more than two channels
-  down-mixed (`downmix_stereo`), resampled with the reference's filter (`acetune.resample`).
+  down-mixed (`downmix_stereo`), resampled with the reference's filter (`acetune.audio.resample`).
 - `load_song(path, max_duration=None)`: the reference's training loader (`get_audio_rules`,
   mirroring `Text2MusicDataset.get_audio`): crop, first two channels, resample, clamp, pad to 3 s,
   reject silence.
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from acetune.audio.resample import resample
 from acetune.errors import InputError
-from acetune.resample import resample
 
 logger = logging.getLogger(__name__)
 

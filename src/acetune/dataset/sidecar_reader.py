@@ -1,4 +1,4 @@
-"""Read and merge the sidecar files of one song (file names: `acetune.sidecars.SIDECAR_NAMES`).
+"""Read and merge the sidecar files of one song (file names: `acetune.dataset.sidecars.SIDECAR_NAMES`).
 
 Conventions (stem = audio file name without extension):
 
@@ -25,8 +25,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acetune.sidecars import INSTRUMENTAL, sidecar_name
-from acetune.song import normalize_bpm
+from acetune.dataset.sidecars import INSTRUMENTAL, sidecar_name
+from acetune.dataset.song import normalize_bpm
 
 FIX_ENCODING = "re-save the file as UTF-8 text (any editor: Save As -> UTF-8)"
 

@@ -1,4 +1,4 @@
-"""ACE-Step 1.5 rows of the preprocessed dataset: the columns of `acetune.schema`, 1.5 meanings.
+"""ACE-Step 1.5 rows of the preprocessed dataset: the columns of `acetune.dataset.schema`, 1.5 meanings.
 
 The 1.5 DiT cross-attends to the packed output of `AceStepConditionEncoder` (lyric encoder +
 timbre encoder + projected Qwen3 caption states). Like the official 1.5 trainer
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from acetune import schema
+from acetune.dataset import schema
 
 FAMILY_NAME = "acestep15"
 

@@ -1,0 +1,1 @@
+"""Audio in and out: decode and write, resample, and tempo/key/loudness analysis."""

@@ -1,0 +1,1 @@
+"""The song record, its sidecar files, and the preprocessed-dataset schema."""

@@ -1,0 +1,1 @@
+"""LoRA files: key names per family, reading and checking a file, fusing into weights."""
