@@ -20,7 +20,7 @@ from acetune.audio.analysis import (
     normalize_loudness,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SR = 48000
 
