@@ -35,3 +35,16 @@ def tiny_ckpt(tmp_path_factory, golden) -> Path:
 def ssl_dirs(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ssl")
     return save_tiny_hubert(root / "mert", seed=1), save_tiny_hubert(root / "mhubert", seed=2)
+
+
+@pytest.fixture(scope="session")
+def train_tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """(tiny v1 checkpoint, 3-song preprocessed dataset) for train runs of a few steps (tests/training/train_fixtures)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+    from train_fixtures import make_checkpoint, make_dataset
+
+    base = tmp_path_factory.mktemp("train_tiny")
+    checkpoint = make_checkpoint(base / "ckpt")
+    return checkpoint, make_dataset(base / "data", checkpoint)

@@ -20,16 +20,14 @@ from acetune.lora.keys import LORA_WEIGHTS_FILE
 from acetune.training import checkpoint as ckpt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from train_fixtures import make_checkpoint, make_dataset, train_argv  # noqa: E402
+from train_fixtures import train_argv  # noqa: E402
 
 FLAGS = ("--max_steps", "5", "--every_n_train_steps", "2")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("train_stop")
-    checkpoint = make_checkpoint(base / "ckpt")
-    return checkpoint, make_dataset(base / "data", checkpoint)
+@pytest.fixture
+def tiny(train_tiny):
+    return train_tiny
 
 
 def signal_during_step(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:

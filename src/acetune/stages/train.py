@@ -94,6 +94,10 @@ class Args:
     every_n_train_steps: int = arg(100, help="save a checkpoint every N optimizer steps (and at the end)")
     save_last: int = arg(5, help="keep the newest N checkpoints (0: keep all)")
     resume: bool = arg(False, help="continue from the newest checkpoint in --output_dir (exactly)")
+    overwrite: bool = arg(False, help="start a new run in an --output_dir that holds another run's checkpoints: "
+                          "delete them (and its logs/, validation/, metrics.jsonl) first")
+    allow_changes: bool = arg(False, help="let --resume change hyper-parameters (learning rate, batch size, LoRA "
+                              "config, ...); the changes are listed. Without it such a resume is refused")
     resume_from: str = arg("", help="continue from this step-NNNNNN folder", aliases=("--ckpt_path",))
     logger: str = arg("tensorboard", choices=("tensorboard", "wandb", "none"), help="metrics logger "
                       "(wandb honours WANDB_MODE=offline)")
@@ -220,6 +224,7 @@ def build_run(args: Args, echo=print):
     from acetune.dataset.schema import load_dataset
     from acetune.models.family import detect_family
     from acetune.training import checkpoint as ckpt
+    from acetune.training import run_folder
     from acetune.training.data import ConditionDropout, LyricCache, SongDataset
     from acetune.training.loggers import MetricsLogger, build_logger
     from acetune.training.loop import LoopConfig, TrainRun
@@ -236,6 +241,12 @@ def build_run(args: Args, echo=print):
 
     accelerator = Accelerator(cpu=args.device == "cpu")
     device = _device(args, accelerator)
+    output_dir = Path(args.output_dir)
+    if not args.overfit_check:  # the check writes nothing
+        for path in run_folder.claim(output_dir, resuming=args.resume or bool(args.resume_from),
+                                     overwrite=args.overwrite, logs_inside=not args.logger_dir,
+                                     delete=accelerator.is_main_process):
+            echo(f"--overwrite: deleted {path}")
     seed_everything(args.seed)
     model = family.load_transformer(checkpoint_dir, dtype=compute_dtype, device=device, drop_unused=True)
     use_ssl = bool(meta.ssl_names) and args.ssl_coeff > 0
@@ -274,7 +285,6 @@ def build_run(args: Args, echo=print):
         logger.warning(tip)
     scheduler = build_lr_scheduler(optimizer, args.warmup_steps, args.max_steps, optimizer_name=args.optimizer)
 
-    output_dir = Path(args.output_dir)
     resume_from = None
     if args.resume_from:
         resume_from = Path(args.resume_from)
@@ -284,6 +294,9 @@ def build_run(args: Args, echo=print):
             echo(f"--resume: no checkpoint in {output_dir} yet; starting from step 0")
     metrics = MetricsLogger()
     train_config = {**asdict(args), "family": family.name, "dataset_hash": meta.checkpoint_hash}
+    if resume_from is not None:
+        for change in run_folder.check_resume(resume_from, train_config, setup.config, allow=args.allow_changes):
+            echo(f"--allow_changes: {change}")
     if accelerator.is_main_process and not args.overfit_check:
         metrics = build_logger(args.logger, args.logger_dir or output_dir / "logs", run_name=args.exp_name,
                                config=train_config)
@@ -372,8 +385,10 @@ def resume_command(args: Args) -> str:
             skip = False
         elif name in ("--resume_from", "--resume-from", "--ckpt_path"):
             skip, dropped = "=" not in word, True
-        elif name not in ("--resume", "--no-resume"):
+        elif name not in ("--resume", "--no-resume", "--overwrite", "--no-overwrite"):
             out.append(word)
     if args.resume_from and not dropped:  # it came from --config: blank it
         out += ["--resume_from", ""]
+    if args.overwrite:  # from --config (the flag itself was dropped above)
+        out.append("--no-overwrite")
     return stopping.command_line([*out, "--resume"])
