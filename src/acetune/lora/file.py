@@ -27,6 +27,7 @@ from safetensors import safe_open
 
 from acetune.errors import InputError
 from acetune.lora import keys as lk
+from acetune.lora.check import check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ def read_lora(path: str | Path, config_path: str | Path | None = None, *,
         raise InputError(f"not a readable safetensors file ({e.__class__.__name__})", path=path,
                          fix="pass the .safetensors file a training checkpoint or an export holds") from None
     grouped = lk.split_modules(tensors, path=path)
+    check_finite(tensors, path)
 
     config, source, config_file = None, SOURCE_NONE, None
     if config_path:

@@ -27,6 +27,7 @@ from acetune.cli import arg
 from acetune.errors import CheckpointError, UsageError
 from acetune.layout import CONFIG_FILE, V1_TRANSFORMER_DIR, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
 from acetune.lora import keys as lk
+from acetune.lora.check import check_finite, check_widths, weight_shapes
 from acetune.lora.file import (
     NO_SCALE_BAKED,
     NO_SCALE_ERROR,
@@ -79,8 +80,11 @@ class Args:
                                                  "fraction of the delta's squared singular values (e.g. 0.99)")
     merge: bool = arg(False, help="merge the LoRA into the base transformer and write a full "
                                   "ace_step_transformer folder")
-    checkpoint_dir: str | None = arg(None, help="with --merge: the official checkpoint folder (holding "
-                                                "ace_step_transformer/) or the transformer folder itself")
+    checkpoint_dir: str | None = arg(None, help="the official checkpoint folder (holding ace_step_transformer/) or "
+                                                "the transformer folder itself: --merge merges into it; otherwise "
+                                                "the LoRA's widths are checked against its layers (default: the "
+                                                "checkpoint_dir in train_config.json beside the LoRA)")
+    overwrite: bool = arg(False, help="replace an existing --output_name that holds something else")
     strength: float = arg(1.0, help="with --merge: LoRA strength (1.0 = as trained)")
     assume_baked: bool = arg(False, help="the file has no config and no .alpha: treat its scale as 1 "
                                          "(a LoRA already baked)")
@@ -169,8 +173,12 @@ def describe_config(modules: dict[str, LoraModule], base: dict | None) -> dict:
 
 # ---- writing ----
 
-def write_lora(path: Path, modules: dict[str, LoraModule], style: str, write_alpha: bool, config: dict) -> None:
-    """Write the LoRA atomically (temp + rename), with the peft config embedded in the metadata."""
+def write_lora(path: Path, modules: dict[str, LoraModule], style: str, write_alpha: bool, config: dict,
+               overwrite: bool = True) -> None:
+    """Write the LoRA atomically (temp + rename), with the peft config embedded in the metadata.
+    `overwrite=False`: an existing file with other content is refused (the same content is fine)."""
+    check_finite({f"{n}.{kind}": t for n, m in modules.items() for kind, t in ((lk.LORA_A, m.a), (lk.LORA_B, m.b))},
+                 path, "exported")
     tensors = {}
     for name, mod in modules.items():
         parts = {lk.LORA_A: mod.a.contiguous(), lk.LORA_B: mod.b.contiguous()}
@@ -183,9 +191,22 @@ def write_lora(path: Path, modules: dict[str, LoraModule], style: str, write_alp
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(lk.build_state_dict(tensors, style), str(tmp), metadata=metadata)
+        if not overwrite and path.exists() and not (path.is_file() and _same_safetensors(tmp, path)):
+            raise UsageError("exists and holds something else", path=path,
+                             fix="pass --overwrite to replace it, or choose another --output_name")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _same_safetensors(a: Path, b: Path) -> bool:
+    """Same tensors and metadata (the header's key order is not stable, so bytes can differ)."""
+    try:
+        with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
+            return (fa.metadata() == fb.metadata() and sorted(fa.keys()) == sorted(fb.keys())
+                    and all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys()))
+    except Exception:  # not a safetensors file: something else
+        return False
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -267,6 +288,18 @@ def _default_output(input_name: str, suffix: str, ext: str = ".safetensors") -> 
     return given.with_name(f"{given.stem}{suffix}{ext}")
 
 
+def model_for_widths(checkpoint_dir: str | None, lora_path: Path) -> Path | None:
+    """The transformer folder to check the LoRA's widths against: --checkpoint_dir, else the one its
+    train_config.json names (if it still exists), else None."""
+    if checkpoint_dir:
+        return resolve_transformer_dir(checkpoint_dir)
+    try:
+        named = json.loads((lora_path.parent / "train_config.json").read_text(encoding="utf-8")).get("checkpoint_dir")
+        return resolve_transformer_dir(named) if named else None
+    except (OSError, ValueError, AttributeError, CheckpointError):
+        return None
+
+
 def trained_family(path: Path):
     """The model family a training checkpoint's `train_config.json` (beside the weights) names, else None."""
     from acetune.models.family import get_family
@@ -287,6 +320,13 @@ def run(args: Args) -> int:
     lora = read_lora(path, args.lora_config_path,
                      if_no_scale=NO_SCALE_BAKED if args.assume_baked else NO_SCALE_ERROR)
     modules, config = lora.modules, lora.config
+    model = model_for_widths(args.checkpoint_dir, path)
+    if model is not None:
+        check_widths({n: (tuple(m.a.shape), tuple(m.b.shape)) for n, m in modules.items()}, weight_shapes(model),
+                     path, model)
+    else:
+        logger.warning("%s: layer widths not checked (no train_config.json beside it): pass --checkpoint_dir "
+                       "to check them against the model", path)
 
     if args.merge:
         src = resolve_transformer_dir(args.checkpoint_dir)
@@ -294,6 +334,8 @@ def run(args: Args) -> int:
             _default_output(args.input_name, "_merged", "") / V1_TRANSFORMER_DIR
         if out.resolve() == src.resolve():
             raise UsageError("--output_name is the base transformer folder", path=out, fix="choose a new folder")
+        if out.exists() and not args.overwrite:
+            raise UsageError("exists already", path=out, fix="pass --overwrite to replace it, or choose a new folder")
         n = merge_into_transformer(modules, src, out, args.strength)
         print(f"merged {n} LoRA modules at strength {args.strength:g} into {out}")
         return 0
@@ -331,7 +373,7 @@ def run(args: Args) -> int:
     if out.resolve() == path.resolve():
         raise UsageError("--output_name is the input file", path=out, fix="choose another output name")
     new_config = describe_config(modules, config)
-    write_lora(out, modules, style, args.write_alpha, new_config)
+    write_lora(out, modules, style, args.write_alpha, new_config, overwrite=args.overwrite)
     sidecar = out.parent / lk.ADAPTER_CONFIG_FILE
     # A config beside the weights lets peft/diffusers load them; never overwrite the input's own.
     if args.format == "peft" and not args.write_alpha:

@@ -135,6 +135,7 @@ def read_lyrics(value: str) -> str:
 
 def run(args: Args) -> int:
     from acetune.audio.io import audio_write
+    from acetune.lora.check import check_render
     from acetune.lora.file import NO_SCALE_WARN, read_lora
     from acetune.models.family import family_names, get_family
     from acetune.models.v1.pipeline import V1Generator
@@ -159,6 +160,7 @@ def run(args: Args) -> int:
                         len(lora.modules), lora.scale_source)
     wav = generator.render(args.prompt, lyrics, args.duration, seed, args.settings(), args.use_erg_tag)
     assert wav.shape == (2, output_samples(args.duration)), wav.shape
+    check_render(wav, out)
     audio_write(out, wav, SAMPLE_RATE)
     lora_text = ", ".join(f"{lora.path.name}@{s:g}" for lora, s in loras) or "none"
     print(out)

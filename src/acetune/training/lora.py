@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from acetune.errors import InputError, UsageError
+from acetune.lora.check import check_finite
 from acetune.lora.keys import (
     ADAPTER_CONFIG_FILE,
     ALPHA,
@@ -250,6 +251,7 @@ def init_lora_from_file(model: torch.nn.Module, path: str | Path, setup: LoraSet
         raise InputError(f"cannot read LoRA file ({err})", path=path) from None
     ours = _lora_module_params(model, setup.adapter_name)
     parts = split_modules(raw, path=path)
+    check_finite(raw, path, "--init_lora")
     extra = sorted(set(parts) - set(ours))
     if extra:
         raise UsageError(f"--init_lora adapts {len(extra)} modules this LoRA config does not (first: {extra[0]})",

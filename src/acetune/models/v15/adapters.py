@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from acetune.lora.check import check_finite
+
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 # diffusers module name -> original 1.5 name (ComfyUI, official trainer); MLP names are shared.
@@ -160,7 +162,9 @@ def merge_comfyui_file(transformer, path: str | Path, strength: float = 1.0) -> 
     from safetensors.torch import load_file
 
     modules = dict(transformer.named_modules())
-    deltas = comfyui_deltas(load_file(str(path)), strength)
+    state = load_file(str(path))
+    check_finite(state, path)
+    deltas = comfyui_deltas(state, strength)
     for name, delta in deltas.items():
         linear = modules[diffusers_name(name)]
         linear.weight += delta.to(linear.weight)
@@ -195,7 +199,9 @@ def read_trained_lora(path: str | Path):
         config = LoKrConfig(**data) if "alpha" in data and "lora_alpha" not in data else LoraConfig(**data)
     except (TypeError, ValueError) as e:
         raise InputError(f"not a peft adapter config ({e})", path=config_path) from None
-    return load_file(str(weights)), config
+    state = load_file(str(weights))
+    check_finite(state, weights)
+    return state, config
 
 
 def export_trained_lora(path: str | Path, out: str | Path, fmt: str = "diffusers") -> Path:

@@ -99,6 +99,7 @@ class V15Family:
     def generate_song(self, args, lyrics: str, seed: int, out: Path) -> int:
         """`acetune generate` on a 1.5 checkpoint: `AceStepPipeline` with every `--lora` applied."""
         from acetune.audio.io import audio_write
+        from acetune.lora.check import check_render
 
         dtype = {"auto": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
         device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
@@ -110,6 +111,7 @@ class V15Family:
             generation.apply_lora(pipe, path, strength)
         wav = generation.generate(pipe, args.prompt, lyrics=lyrics, duration=args.duration, steps=args.steps,
                                 seed=seed, guidance_scale=args.guidance_scale)
+        check_render(wav, out)
         audio_write(out, wav, pipe.sample_rate)
         print(out)
         print(f"{wav.shape[-1] / pipe.sample_rate:.2f} s, {pipe.sample_rate // 1000} kHz stereo, seed {seed}, "

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from acetune.errors import CheckpointError, InputError
+from acetune.lora.check import check_file_finite
 from acetune.models.v15.adapters import (
     COMFYUI_PREFIX,
     SAVED_WEIGHTS_FILE,
@@ -71,6 +72,7 @@ def apply_lora(pipe, path: str | Path, strength: float = 1.0) -> int:
     weights = path / SAVED_WEIGHTS_FILE if path.is_dir() else path
     if not weights.is_file():
         raise InputError("LoRA file not found", path=weights, fix="pass a .safetensors file or a step-NNNNNN folder")
+    check_file_finite(weights)
     with safe_open(str(weights), "pt") as f:
         first = next(iter(f.keys()), "")
     if first.startswith("transformer."):

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from acetune.errors import InputError, UsageError
+from acetune.lora.check import check_finite
 from acetune.models.v15.adapters import (
     COMFYUI_PREFIX,
     SAVED_WEIGHTS_FILE,
@@ -99,6 +100,7 @@ class AdapterSetup:
         modules the run does not adapt, another adapter kind or other shapes are `UsageError`s.
         """
         state, scale = read_any_adapter(path)
+        check_finite(state, path, "--init_lora")
         ours = self._ours(model)
         extra = sorted(set(state) - set(ours))
         if extra:
