@@ -160,7 +160,8 @@ def test_bad_input_one_line_each_rest_processed(songs, tmp_path, capsys):
 
     code = run_command("caption", ["--data_dir", str(songs), "--model_path", str(tmp_path / "nope"), "--overwrite"])
     err = capsys.readouterr().err
-    assert code == 0 and err.count("model folder not found") == 1
+    assert code == 1 and err.count("model folder not found") == 1  # no song got its caption: not a success
+    assert "none of the 3 songs got its files" in err
     assert (songs / "a_vocal.json").exists()
 
 

@@ -6,7 +6,7 @@ The columns are the upstream ACE-Step / woct0rdho fork columns, so the fork's ow
 | column           | type              | meaning                                                       |
 |------------------|-------------------|---------------------------------------------------------------|
 | keys             | string            | sample id: the audio file's stem (relative path if not unique) |
-| filename         | string            | audio file path                                               |
+| filename         | string            | audio file path: absolute as written; a relative one is read relative to the dataset folder |
 | tags             | list[string]      | caption tags ("rock, female vocals" -> ["rock", "female vocals"]) |
 | norm_lyrics      | string            | lyrics, LRC timestamps removed; "[instrumental]" if none       |
 | speaker_emb_path | string            | path to a speaker embedding ("" = none, zeros are used)        |
@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 UPSTREAM_COLUMNS = ("keys", "filename", "tags", "norm_lyrics", "speaker_emb_path", "recaption")
 METADATA_COLUMNS = ("bpm", "keyscale", "timesignature", "language")
@@ -46,6 +48,22 @@ def features(recaption_keys: Iterable[str] = ()):
         "timesignature": Value("string"),
         "language": Value("string"),
     })
+
+
+def resolve_filename(stored: str, dataset_dir: str | os.PathLike) -> tuple[str, bool]:
+    """(the audio path a `filename` cell means, whether it was found only relative to the working folder).
+
+    build-dataset writes absolute paths. A relative path (hand-made or older datasets) is relative to
+    the dataset folder, so every stage finds the same file from any working folder; a path found only
+    relative to the working folder (what older versions meant) is still used, flagged for a warning.
+    """
+    path = Path(stored)
+    if path.is_absolute():
+        return stored, False
+    beside = Path(os.path.abspath(Path(dataset_dir) / path))
+    if not beside.exists() and path.exists():
+        return os.path.abspath(path), True
+    return str(beside), False
 
 
 def split_tags(text: str) -> list[str]:

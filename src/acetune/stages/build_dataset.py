@@ -32,7 +32,14 @@ from acetune.dataset.sidecar_reader import (
     read_bpm_csv,
     read_text,
 )
-from acetune.dataset.song import SongRecord, normalize_bpm, normalize_text, split_tags, to_dataset
+from acetune.dataset.song import (
+    SongRecord,
+    normalize_bpm,
+    normalize_text,
+    resolve_filename,
+    split_tags,
+    to_dataset,
+)
 from acetune.errors import InputError, UsageError
 from acetune.progress import progress, progress_disabled
 from acetune.report import Report
@@ -189,9 +196,7 @@ def _records_from_rows(args: Args, report: Report) -> list[SongRecord]:
         if not rec.filename:
             report.problem(f"{src} row {i}", "row has no filename", "add the audio path to the row")
             continue
-        p = Path(rec.filename)
-        if not p.is_absolute() and not p.exists() and (base / p).exists():
-            rec.filename = str(base / p)  # relative to the dataset/JSON rather than the working dir
+        rec.filename = resolve_filename(rec.filename, base)[0]  # relative to the dataset/JSON, as preprocess reads it
         rec.keys = rec.keys or Path(rec.filename).stem
         if not rec.tags and args.default_tag:
             rec.tags = split_tags(args.default_tag)
@@ -277,6 +282,7 @@ def run(args: Args) -> int:
         candidates = _records_from_folder(args, report)
     records = []
     for rec in progress(candidates, desc="checking audio", unit="song"):
+        rec.filename = os.path.abspath(rec.filename)  # absolute: every stage finds it from any working folder
         duration = probe_duration(Path(rec.filename), args.check_audio, report)
         if duration is not None:
             rec.duration = duration

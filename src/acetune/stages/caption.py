@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from acetune import cli, stopping
 from acetune.cli import arg
 from acetune.dataset.sidecars import INSTRUMENTAL, SIDECAR_NAMES, sidecar_name
 from acetune.errors import AcetuneError, CheckpointError, InputError, UsageError
@@ -160,7 +161,8 @@ def caption_song(plan: Plan, backend, args: Args, report: Report) -> bool:
     if args.analyze:
         a = analyze(wav16, SAMPLE_RATE, loudness_wav=wav48, loudness_rate=48000)
         lufs = f"{a.lufs:.1f} LUFS" if math.isfinite(a.lufs) else "silent"
-        print(f"{plan.audio.name}: {a.bpm and round(a.bpm)} BPM, {a.keyscale}, {lufs}", flush=True)
+        tempo = f"{round(a.bpm)} BPM" if a.bpm else "no steady beat"
+        print(f"{plan.audio.name}: {tempo}, {a.keyscale or 'no clear key'}, {lufs}", flush=True)
         if math.isfinite(a.lufs):
             report.count("loudness sum (LUFS)", a.lufs)
             report.count("songs measured")
@@ -231,17 +233,30 @@ def run(args: Args) -> int:
             backend = make_backend(args)
         except AcetuneError as e:  # model folder missing, gptqmodel missing: still measure BPM/key
             report.add_error(e)
-    for plan in progress(plans, desc="caption", unit="song"):
-        try:
-            if not caption_song(plan, backend, args, report):
-                backend = None
-        except AcetuneError as e:
-            report.add_error(e)
-        else:
-            report.count("songs processed")
+    done = 0
+    with stopping.graceful_stop():  # Ctrl-C / SIGTERM: finish the song in progress (its files), then stop
+        for plan in progress(plans, desc="caption", unit="song"):
+            if stopping.stop_requested():
+                break
+            try:
+                if not caption_song(plan, backend, args, report):
+                    backend = None  # the backend failed for good (server gone, credentials)
+                elif backend is not None or not (args.tags and (plan.prompt or plan.lyrics)):
+                    done += 1  # only songs that got every file they were planned to get
+            except AcetuneError as e:
+                report.add_error(e)
+    report.set("songs processed", done)
     n = report.counters.pop("songs measured", 0)
     total = report.counters.pop("loudness sum (LUFS)", 0.0)
     if n:
         report.set("mean loudness (LUFS)", total / n)
     report.print_summary()
+    if stopping.stop_requested():
+        print(f"Stopped by {stopping.signal_name()} after {done} of {len(plans)} songs; songs with their files "
+              f"written are skipped next time; continue with: {stopping.command_line(cli.invocation())}",
+              file=sys.stderr)
+        return stopping.exit_code()
+    if plans and not done:
+        raise InputError(f"none of the {len(plans)} songs got its files (see the problems above)", path=args.data_dir,
+                         fix="fix the problems listed above (server address, model folder, audio files) and run again")
     return report.exit_code(strict=args.strict)

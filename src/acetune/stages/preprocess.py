@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from acetune import cli, stopping
 from acetune.cli import arg
 from acetune.dataset import schema
-from acetune.dataset.song import SongRecord
+from acetune.dataset.song import SongRecord, resolve_filename
 from acetune.errors import InputError, UsageError
 from acetune.preprocessing import pipeline, ssl, store
 from acetune.progress import progress
@@ -127,8 +128,12 @@ def read_songs(path: Path, report: Report) -> list[SongRecord]:
         raise InputError("dataset has no filename column", path=path, fix=fix)
     songs: dict[str, SongRecord] = {}
     repeats = 0
+    cwd_relative = 0
     for row in ds:
         rec = SongRecord.from_dict(row)
+        if rec.filename:
+            rec.filename, from_cwd = resolve_filename(rec.filename, path)
+            cwd_relative += from_cwd
         if not rec.keys or not rec.filename:
             report.problem(path, f"row without keys/filename ({rec.keys or rec.filename!r})", "rebuild the dataset")
         elif rec.keys not in songs:
@@ -140,6 +145,9 @@ def read_songs(path: Path, report: Report) -> list[SongRecord]:
                            "give every song a unique key (rebuild with `acetune build-dataset`)")
     if repeats:
         report.set("repeated rows encoded once", repeats)
+    if cwd_relative:
+        report.warning(path, f"{cwd_relative} filename(s) were found only relative to the working folder, not to "
+                       "the dataset folder", "rebuild the dataset with `acetune build-dataset` (it writes absolute paths)")
     return list(songs.values())
 
 
@@ -251,20 +259,34 @@ def run(args: Args) -> int:
     rows = 0
     bar = progress(total=len(todo), desc="preprocess", unit="song", smoothing=0)
     try:
-        for i in range(0, len(todo), args.part_size):
-            part_rows = getattr(family, "encode_part", pipeline.encode_part)(
-                todo[i:i + args.part_size], encoders, settings, report, on_song=lambda: bar.update(1))
-            if part_rows:
-                store.write_part(out, tag, part_rows, encoders.ssl_names)
-                rows += len(part_rows)
-                report.count("songs encoded", sum(r[schema.WINDOW] == 0 for r in part_rows))
-                report.count("audio encoded (s)", sum(r[schema.DURATION] for r in part_rows))
-    except KeyboardInterrupt:
+        with stopping.graceful_stop():  # Ctrl-C / SIGTERM: finish and write the current part, then stop
+            for i in range(0, len(todo), args.part_size):
+                part_rows = getattr(family, "encode_part", pipeline.encode_part)(
+                    todo[i:i + args.part_size], encoders, settings, report, on_song=lambda: bar.update(1))
+                if part_rows:
+                    store.write_part(out, tag, part_rows, encoders.ssl_names)
+                    rows += len(part_rows)
+                    report.count("songs encoded", sum(r[schema.WINDOW] == 0 for r in part_rows))
+                    report.count("audio encoded (s)", sum(r[schema.DURATION] for r in part_rows))
+                if stopping.stop_requested():
+                    break
+    except KeyboardInterrupt:  # a second signal: parts are written by rename, so every finished part is whole
         bar.close()
         report.print_summary()
-        raise
+        print(f"Aborted: the {rows} rows of finished parts are kept; continue with: "
+              f"{stopping.command_line(cli.invocation())}", file=sys.stderr)
+        return stopping.exit_code()
     bar.close()
-    return finish(args, report, rows, time.perf_counter() - start)
+    if stopping.stop_requested():
+        report.print_summary()
+        print(f"Stopped by {stopping.signal_name()}: {rows} rows written, the part in progress was finished; "
+              f"continue with: {stopping.command_line(cli.invocation())}", file=sys.stderr)
+        return stopping.exit_code()
+    code = finish(args, report, rows, time.perf_counter() - start)
+    if todo and not rows:
+        raise InputError(f"none of the {len(todo)} songs could be encoded, nothing was written", path=args.input_name,
+                         fix="fix the problems listed above and run again")
+    return code
 
 
 def plan(songs: list[SongRecord], done: dict[str, store.SongEntry], out: Path):
