@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acetune.dataset.sidecars import INSTRUMENTAL, sidecar_name
-from acetune.dataset.song import normalize_bpm
+from acetune.dataset.song import normalize_bpm, validate_metadata
 
 FIX_ENCODING = "re-save the file as UTF-8 text (any editor: Save As -> UTF-8)"
 
@@ -150,6 +150,7 @@ class Sidecars:
     sources: dict[str, str] = field(default_factory=dict)  # role -> file
     used_files: set[str] = field(default_factory=set)
     errors: list[SidecarError] = field(default_factory=list)  # undecodable files (skipped)
+    invalid: list[SidecarError] = field(default_factory=list)  # values of the wrong type or range (left out)
     conflicts: list[str] = field(default_factory=list)  # human-readable disagreements
 
 
@@ -189,7 +190,7 @@ def find_sidecars(audio: Path, names: set[str], csv_tables: dict[str, dict]) -> 
     if json_name in names:
         found.used_files.add(json_name)
         try:
-            meta = read_json_meta(folder / json_name)
+            meta = _validated(read_json_meta(folder / json_name), folder / json_name, found)
         except SidecarError as e:
             found.errors.append(e)
     json_path = str(folder / json_name)
@@ -216,7 +217,7 @@ def find_sidecars(audio: Path, names: set[str], csv_tables: dict[str, dict]) -> 
     for csv_path, table in csv_tables.items():
         entry = table.get(audio.name) or table.get(stem)
         if entry is not None:
-            csv_entry, csv_src = entry, csv_path
+            csv_entry, csv_src = _validated(entry, Path(csv_path), found, f" (row {audio.name})"), csv_path
             break
     for key in ("bpm", "keyscale", "timesignature", "language"):
         cands = [(json_path, _as_text(meta.get(key)))]
@@ -228,6 +229,16 @@ def find_sidecars(audio: Path, names: set[str], csv_tables: dict[str, dict]) -> 
         if value is not None:
             found.meta[key] = value
     return found
+
+
+def _validated(values: dict, path: Path, found: Sidecars, where: str = "") -> dict:
+    """`values` with invalid caption/metadata entries left out, each reported in `found.invalid`."""
+    good, reasons = validate_metadata(values)
+    for reason in reasons:
+        found.invalid.append(SidecarError(path, f"{reason}{where}; value ignored",
+                                          "correct the value in the file or delete it"))
+    return {**{k: v for k, v in values.items() if k not in ("caption", "lyrics", "bpm", "keyscale",
+                                                            "timesignature", "language")}, **good}
 
 
 def _as_text(value) -> str | None:

@@ -21,14 +21,17 @@ The columns are the upstream ACE-Step / woct0rdho fork columns, so the fork's ow
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 UPSTREAM_COLUMNS = ("keys", "filename", "tags", "norm_lyrics", "speaker_emb_path", "recaption")
 METADATA_COLUMNS = ("bpm", "keyscale", "timesignature", "language")
+VALIDATED = ("caption", "tags", "lyrics", *METADATA_COLUMNS)  # the keys `validate_metadata` checks
 
 
 def features(recaption_keys: Iterable[str] = ()):
@@ -84,6 +87,72 @@ def normalize_bpm(value) -> float | None:
     except (TypeError, ValueError):
         return None
     return bpm if math.isfinite(bpm) and bpm > 0 else None
+
+
+BPM_RANGE = (30.0, 300.0)  # tempos a song's metadata can sensibly state (ACE-Step's own range)
+_KEY_RE = re.compile(r"^[A-Ga-g][#b\u266f\u266d]? ?(major|minor|maj|min|m|ionian|dorian|phrygian|lydian|mixolydian|"
+                     r"aeolian|locrian)?$", re.IGNORECASE)
+_TIME_SIGNATURE_RE = re.compile(r"^([1-9]|1[0-6])(/(1|2|4|8|16|32))?$")
+
+
+def _text_or_list(value, joiner: str | None):
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        kept = [v.strip() for v in value if v.strip()]
+        return (kept if joiner is None else joiner.join(kept)), None
+    return None, f"must be a string or a list of strings, not {_describe(value)}"
+
+
+def _describe(value) -> str:
+    return f"{type(value).__name__} {json.dumps(value)[:60]}"
+
+
+def validate_metadata(values: dict) -> tuple[dict, list[str]]:
+    """Check a sidecar's / row's caption, lyrics and metadata by type and range.
+
+    Returns (the valid values, one reason per invalid one). Invalid values are left out, never coerced
+    ("fast" is not a tempo, 7 is not a key, a list is not turned into "['a', 'b']"). Accepted:
+    caption/tags/lyrics a string or a list of strings (caption and lyrics joined with ", " / newlines); bpm a number or
+    numeric string ("120 bpm" too) within BPM_RANGE; keyscale a key such as "A minor", "F# major",
+    "Bb", "Am", "D dorian"; timesignature "4", 3 or "6/8"; language a string.
+    """
+    good, bad = {}, []
+    for name, joiner in (("caption", ", "), ("tags", None), ("lyrics", "\n")):
+        if values.get(name) is not None:
+            text, why = _text_or_list(values[name], joiner)
+            if why:
+                bad.append(f"{name} {why}")
+            else:
+                good[name] = text
+    if values.get("bpm") is not None:
+        bpm = normalize_bpm(values["bpm"])
+        if bpm is None:
+            bad.append(f"bpm must be a number of beats per minute, not {_describe(values['bpm'])}")
+        elif not BPM_RANGE[0] <= bpm <= BPM_RANGE[1]:
+            bad.append(f"bpm {bpm:g} is outside {BPM_RANGE[0]:g}-{BPM_RANGE[1]:g}")
+        else:
+            good["bpm"] = bpm
+    for name, pattern, example in (("keyscale", _KEY_RE, '"A minor" or "F# major"'),
+                                   ("timesignature", _TIME_SIGNATURE_RE, '"4" or "6/8"')):
+        value = values.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        if name == "keyscale" and not isinstance(value, str):
+            text = None  # 7 is not a key
+        if text is None or not pattern.match(text):
+            bad.append(f"{name} must be like {example}, not {_describe(value)}")
+        else:
+            good[name] = text
+    language = values.get("language")
+    if language is not None:
+        if isinstance(language, str):
+            if language.strip():
+                good["language"] = language.strip()
+        else:
+            bad.append(f"language must be a string such as \"en\", not {_describe(language)}")
+    return good, bad
 
 
 def normalize_text(value) -> str | None:

@@ -33,12 +33,14 @@ from acetune.dataset.sidecar_reader import (
     read_text,
 )
 from acetune.dataset.song import (
+    VALIDATED,
     SongRecord,
     normalize_bpm,
     normalize_text,
     resolve_filename,
     split_tags,
     to_dataset,
+    validate_metadata,
 )
 from acetune.errors import InputError, UsageError
 from acetune.progress import progress, progress_disabled
@@ -82,6 +84,9 @@ class Args:
             raise UsageError(f"--repeat_count must be at least 1, got {self.repeat_count}")
         if not self.data_dir.exists():
             raise UsageError("--data_dir does not exist", path=self.data_dir, fix="pass your songs folder")
+        if self.data_dir.is_file() and self.data_dir.suffix.lower() in AUDIO_EXTENSIONS:
+            raise UsageError("--data_dir is an audio file, not a folder of songs", path=self.data_dir,
+                             fix="pass the folder that holds it (or a .json/.jsonl list of rows)")
         if self.output_name.resolve() == self.data_dir.resolve():
             raise UsageError("--output_name must differ from --data_dir", path=self.output_name,
                              fix="pass a new folder, e.g. <songs>_filenames")
@@ -132,6 +137,8 @@ def scan_folder(root: Path, recursive: bool, skip: Path, report: Report) -> list
             used |= found.used_files
             for e in found.errors:
                 report.problem(e.path, e.reason + " (file ignored)", e.fix)
+            for e in found.invalid:
+                report.problem(e.path, e.reason, e.fix)
             for c in found.conflicts:
                 report.warning(folder / keep, c, "delete or fix the file you do not want (see docs/build-dataset.md)")
             songs.append((folder / keep, found))
@@ -182,8 +189,13 @@ def _load_rows(src: Path) -> list[dict]:
     except (SidecarError, json.JSONDecodeError) as e:
         raise InputError(f"cannot read JSON rows ({getattr(e, 'reason', e)})", path=src,
                          fix="pass a JSON list of objects with keys, filename, tags, norm_lyrics") from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise InputError("JSON input must be a list of objects", path=src, fix="wrap the rows in [ ... ]")
+    if not isinstance(rows, list):
+        raise InputError(f"JSON input must be a list of objects, not a {type(rows).__name__}", path=src,
+                         fix="wrap the rows in [ ... ]")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise InputError(f"element {i} of the JSON list is a {type(row).__name__} ({json.dumps(row)[:40]}), "
+                             "not an object", path=src, fix='make every element an object like {"filename": ...}')
     return rows
 
 
@@ -192,7 +204,10 @@ def _records_from_rows(args: Args, report: Report) -> list[SongRecord]:
     base = src if src.is_dir() else src.parent
     records, seen = [], {}
     for i, row in enumerate(_load_rows(src)):
-        rec = SongRecord.from_dict(row)
+        good, reasons = validate_metadata(row)
+        for reason in reasons:
+            report.problem(f"{src} row {i}", f"{reason}; value ignored", "correct the value in the row or delete it")
+        rec = SongRecord.from_dict({**{k: v for k, v in row.items() if k not in VALIDATED}, **good})
         if not rec.filename:
             report.problem(f"{src} row {i}", "row has no filename", "add the audio path to the row")
             continue
