@@ -241,6 +241,11 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The optimizer step a checkpoint folder was saved at (read from its training_state.json)."""
+    return int(_read_json(Path(path) / STATE_FILE)["step"])
+
+
 def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The complete checkpoint with the highest step, or None if there is none."""
     found = list_checkpoints(output_dir)
