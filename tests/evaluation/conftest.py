@@ -9,6 +9,6 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_clap(tmp_path_factory) -> Path:
-    from tests.evaluation.tiny_clap import save_tiny_clap
+    from acetune.evaluation.tiny_clap import save_tiny_clap
 
     return save_tiny_clap(tmp_path_factory.mktemp("clap") / "clap-tiny")

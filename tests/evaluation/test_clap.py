@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from tests.evaluation.tiny_clap import SAMPLE_RATE
 
 from acetune.errors import CheckpointError
 from acetune.evaluation.clap import (
@@ -21,6 +20,7 @@ from acetune.evaluation.clap import (
     score,
     style_match,
 )
+from acetune.evaluation.tiny_clap import SAMPLE_RATE
 
 PROMPTS = ["dark synthwave with female vocals", "jazz trio piano bass drums", "ambient pad drone"]
 

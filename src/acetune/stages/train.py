@@ -352,6 +352,7 @@ def header(run, freed: dict[str, int], args: Args) -> list[str]:
 
 
 def run(args: Args) -> int:
+    from acetune.evaluation.report import plot_training
     from acetune.training.loop import fit, overfit_check
     from acetune.training.val_loss import best_lines
 
@@ -377,6 +378,9 @@ def run(args: Args) -> int:
     echo(f"last checkpoint: {summary['checkpoint']}")
     for line in best_lines(summary.get("best"), args.output_dir):
         echo(line)
+    if run_.accelerator.is_main_process:  # for users without W&B: the curves as PNG files
+        plots = plot_training(args.output_dir)
+        echo("plots: " + ", ".join(map(str, plots)) if plots else "plots: none (matplotlib missing)")
     if not summary["replicas_in_sync"]:
         raise TrainingError("the processes ended with different LoRA weights", fix="report this with the command line")
     return 0

@@ -273,3 +273,20 @@ class TeeLogger(MetricsLogger):
     def close(self) -> None:
         for each in self.loggers:
             each.close()
+
+
+def merge_metrics(run_dir: str | os.PathLike, by_step: Mapping[int, Mapping[str, float]]) -> None:
+    """Add metrics measured after training (`acetune evaluate`'s CLAP scores) to a run's metrics.jsonl.
+
+    Earlier records holding only these metric names (a previous evaluation) are replaced; the file is
+    rewritten atomically. Not for a run that is still training (its appends could interleave).
+    """
+    path = Path(run_dir) / METRICS_FILE
+    names = {name for values in by_step.values() for name in values}
+    kept = [r for r in read_metrics(path) if not set(r) - {"step", "time"} <= names]
+    now = time.time()
+    added = [{"step": int(step), "time": now, **{k: float(v) for k, v in values.items()}}
+             for step, values in sorted(by_step.items())]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept + added), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,4 +1,5 @@
-"""A tiny random CLAP (transformers ClapModel) saved in the Hub folder layout, built offline.
+"""A tiny random CLAP (transformers ClapModel) in the Hub folder layout, built offline: the demo and the
+tests use it; real runs load laion/clap-htsat-unfused.
 
 `save_tiny_clap(folder)` writes config.json + model.safetensors (save_pretrained), the feature
 extractor's preprocessor_config.json and a byte-level BPE Roberta tokenizer trained here on a few
