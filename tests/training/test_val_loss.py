@@ -151,3 +151,15 @@ def test_train_logs_validation_loss_and_keeps_the_best(tiny, tmp_path, capsys):
     assert len(VAL_QUANTILES) == 5
     config = json.loads((out / "step-000004" / ckpt.TRAIN_CONFIG_FILE).read_text())
     assert config["validation_split"] == 0.25
+
+
+def test_the_fixed_timesteps_span_both_schedules():
+    """u = logit(q): v1 schedule indices 100..900 (sigma from high to low noise); 1.5 t = 3q / (1 + 2q)."""
+    from acetune.models.v1.flow import timestep_indices_from_u
+    from acetune.models.v15.objective import timestep_from_normal
+    from acetune.training.val_loss import ValLossSpec
+
+    u = torch.cat(ValLossSpec(dataset=None).u_values())
+    assert timestep_indices_from_u(u).tolist() == [100, 300, 500, 700, 900]
+    expected = [3 * q / (1 + 2 * q) for q in VAL_QUANTILES]  # 0.25 ... 0.96
+    assert torch.allclose(timestep_from_normal(u), torch.tensor(expected), atol=1e-6)

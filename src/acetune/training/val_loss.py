@@ -6,7 +6,7 @@ songs (`--validation_split` of the dataset, whole songs, seeded; or `--validatio
 
 - a fixed set of timesteps spanning the schedule: `u = logit(q)` for the quantiles `VAL_QUANTILES`,
   passed as the family's pinned logit-normal draw (`ModelFamily.training_loss(..., u=...)`), so v1
-  and 1.5 share this code (v1: schedule indices 100..900; 1.5: t = 3q / (1 + 2q), 0.25..0.93);
+  and 1.5 share this code (v1: schedule indices 100..900; 1.5: t = 3q / (1 + 2q), 0.25..0.96);
 - fixed noise: one CPU generator seeded with `--validation_seed`, drawn in song-then-timestep order;
 - prompt variant 0, no condition dropout, no SSL term, the model in eval mode (LoRA dropout off).
 
