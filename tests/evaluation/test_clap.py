@@ -64,6 +64,8 @@ def test_long_audio_is_the_mean_of_its_windows_and_deterministic(scorer):
     clip = (torch.from_numpy(wav), SAMPLE_RATE)
     first, second = scorer.embed_audio([clip]), scorer.embed_audio([clip])
     assert torch.equal(first, second)
+    assert [len(w) for w in scorer.windows(torch.zeros(int(2.5 * SAMPLE_RATE)), SAMPLE_RATE)] == [32000]  # 0.5 s tail
+    assert [len(w) for w in scorer.windows(torch.zeros(8000), SAMPLE_RATE)] == [8000]  # a short clip stays whole
     _, per_window, _ = _direct(scorer, ["x"], [wav[:32000], wav[32000:64000], wav[64000:]])
     mean = per_window.mean(dim=0)
     assert torch.allclose(first[0], mean / mean.norm(), atol=1e-6)
