@@ -115,7 +115,29 @@ def test_validation_loss_best_checkpoint_and_evaluation(demo_run):
                                                                      scores.values())
 
 
-def test_export_and_generate(demo_run):
+def test_evaluate_lora_files_renders_fresh(demo_run, tmp_path, capsys):
+    """`--lora FILE` mode: fresh renders with and without the file, scored against a folder of songs."""
+    from acetune.cli import run_command
+
+    w, _, _ = demo_run
+    out = tmp_path / "eval"
+    argv = ["--lora", str(w / "demo_style_comfyui.safetensors"), "--checkpoint_dir", str(w / demo.CHECKPOINT),
+            "--prompt", "lofi piano", "--duration", "1.5", "--steps", "2", "--reference_audio", str(w / "songs"),
+            "--clap_model", str(w / "clap-tiny"), "--device", "cpu", "--output_dir", str(out)]
+    assert run_command("evaluate", argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (out / "renders").iterdir()) == ["base", "demo_style_comfyui"]
+    assert sf.info(str(out / "renders" / "base" / "0.wav")).samplerate == 48000
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["recommended"] == "demo_style_comfyui" and scores["checkpoints"][0]["step"] is None
+    assert "| demo_style_comfyui |" in (out / "report.md").read_text()
+    mtime = (out / "renders" / "base" / "0.wav").stat().st_mtime_ns
+    assert run_command("evaluate", argv) == 0  # a rerun reuses the cached renders
+    assert (out / "renders" / "base" / "0.wav").stat().st_mtime_ns == mtime
+    capsys.readouterr()
+    assert run_command("evaluate", [*argv[:4], "--prompt", "x", "--output_dir", str(tmp_path / "e2")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()  # no training songs: one line, before any render
+    assert len(err) == 1 and "--reference_audio" in err[0] and not (tmp_path / "e2" / "renders").exists()
+
     w, _, _ = demo_run
     with safe_open(str(w / "demo_style_comfyui.safetensors"), "pt") as f:
         keys = list(f.keys())

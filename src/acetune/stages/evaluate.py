@@ -115,6 +115,8 @@ def run(args: Args) -> int:
     val_loss = {r["step"]: r["val/loss"] for r in read_metrics(run_dir) if "val/loss" in r} if run_dir else {}
     best = read_best(run_dir) if run_dir else None
 
+    reference_paths = training_song_paths(config.get("dataset_path"), args.reference_audio)  # fail before rendering
+
     # 1. renders: the training's validation renders when every set has them, else fresh ones
     reused = None
     if run_dir:
@@ -128,8 +130,7 @@ def run(args: Args) -> int:
 
     # 2. CLAP
     scorer = ClapScorer(args.clap_model, device="cpu" if args.device == "auto" else args.device)
-    reference = scorer.embed_audio(reference_clips(training_song_paths(
-        config.get("dataset_path"), args.reference_audio)))
+    reference = scorer.embed_audio(reference_clips(reference_paths))
     prompts = scorer.embed_text(spec.prompts)
 
     def scored(paths):
