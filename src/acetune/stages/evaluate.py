@@ -94,10 +94,13 @@ def _spec(args: Args, config: dict):
 
 
 def run(args: Args) -> int:
+    import torch
+
     from acetune.audio.io import decode
     from acetune.evaluation import report
     from acetune.evaluation.clap import ClapScorer, lora_effect_warning, reference_clips, score
     from acetune.evaluation.renders import render_set, training_song_paths, validation_renders
+    from acetune.progress import progress
     from acetune.training import checkpoint as ckpt
     from acetune.training.best import read_best
     from acetune.training.loggers import merge_metrics, read_metrics
@@ -126,10 +129,11 @@ def run(args: Args) -> int:
           + ("from the training's validation folders" if reused else f"fresh ({spec.steps} steps) in {renders_dir}"))
     base_wavs = reused[0] if reused else render_set(spec, None, 1.0, renders_dir / "base")
     sets = {label: (reused[step] if reused else render_set(spec, path, 1.0, renders_dir / label))
-            for label, step, path in targets}
+            for label, step, path in progress(targets, desc="render", unit="LoRA", **({"disable": True} if reused else {}))}
 
     # 2. CLAP
-    scorer = ClapScorer(args.clap_model, device="cpu" if args.device == "auto" else args.device)
+    scorer = ClapScorer(args.clap_model, device=("cuda" if torch.cuda.is_available() else "cpu")
+                        if args.device == "auto" else args.device)
     reference = scorer.embed_audio(reference_clips(reference_paths))
     prompts = scorer.embed_text(spec.prompts)
 
@@ -154,7 +158,7 @@ def run(args: Args) -> int:
         lora_path = Path(pick.extra["path"])
         fresh_base = scored(render_set(spec, None, 1.0, renders_dir / "base"))
         sweep_base = report.Row("no LoRA (fresh)", strength=0.0, prompt=fresh_base.prompt, style=fresh_base.style)
-        for strength in args.strength_values:
+        for strength in progress(args.strength_values, desc="strength sweep", unit="strength"):
             s = scored(render_set(spec, lora_path, strength, renders_dir / f"{pick.label}@{strength:g}"))
             sweep.append(report.Row(pick.label, step=pick.step, strength=strength, prompt=s.prompt, style=s.style,
                                     frechet=s.frechet))
