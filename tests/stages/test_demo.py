@@ -2,8 +2,8 @@
 
 Asserts every stage's outputs: the tiny checkpoint in the official layout, the songs and sidecars,
 the filename dataset, the preprocessed dataset, the LoRA checkpoint with validation renders at the
-first and last step, a fixed-noise loss on the songs that fell, the exported ComfyUI file, and a
-valid 48 kHz stereo render.
+first and last step, a fixed-noise loss on the songs that fell, the exported ComfyUI file, a
+valid 48 kHz stereo render, and the held-out validation loss, best checkpoint and evaluation report.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def demo_run(tmp_path_factory) -> tuple[Path, dict, str]:
 def test_every_stage_ran(demo_run):
     _, summary, out = demo_run
     names = [s["name"] for s in summary["stages"]]
-    assert names == ["model set + songs", "build-dataset", "preprocess", "train", "export", "generate"]
+    assert names == ["model set + songs", "build-dataset", "preprocess", "train", "export", "generate", "evaluate"]
     assert all(s["code"] == 0 for s in summary["stages"])
     assert "=== acetune demo: done ===" in out and "$ acetune preprocess --input_name" in out
 
@@ -87,7 +87,57 @@ def test_training_overfit_and_validation(demo_run):
     assert after < before, (before, after)
 
 
-def test_export_and_generate(demo_run):
+def test_validation_loss_best_checkpoint_and_evaluation(demo_run):
+    """The kept (best) checkpoint's held-out validation loss is below step 0's; the demo ends with the
+    evaluation table and its plot files."""
+    from acetune.training.best import read_best
+    from acetune.training.loggers import read_metrics
+
+    w, summary, out = demo_run
+    run_dir = w / "runs" / "demo"
+    best = read_best(run_dir)
+    val = {r["step"]: r["val/loss"] for r in read_metrics(run_dir) if "val/loss" in r}
+    assert sorted(val) == [0, STEPS // 2, STEPS]
+    assert best["step"] in val and best["val_loss"] == val[best["step"]] == min(val.values())
+    assert best["val_loss"] < best["step0_val_loss"] == val[0]
+    assert (run_dir / f"step-{best['step']:06d}" / "training_state.json").is_file()  # kept through rotation
+    assert next(s for s in summary["stages"] if s["name"] == "train")["facts"]["best"] == best
+    assert f"best checkpoint (validation loss {best['val_loss']:.6f}" in out
+    report = (run_dir / "evaluation" / "report.md").read_text()
+    tail = out[out.rindex("=== acetune demo: done ==="):]
+    assert report.strip() in tail and tail.rstrip().endswith(".png")  # ends with the table and the plots
+    assert f"**Recommended: step-{best['step']:06d}**" in report and "## Strength sweep" in report
+    for name in ("loss.png", "scores.png", "strengths.png"):
+        assert (run_dir / "evaluation" / "plots" / name).stat().st_size > 1000
+    assert (run_dir / "plots" / "loss.png").is_file()  # written at the end of training
+    scores = {r["step"]: r for r in read_metrics(run_dir) if "val/style_cos" in r}
+    assert sorted(scores) == sorted({0, STEPS, best["step"]}) and all(-1 <= r["val/style_cos"] <= 1 for r in
+                                                                     scores.values())
+
+
+def test_evaluate_lora_files_renders_fresh(demo_run, tmp_path, capsys):
+    """`--lora FILE` mode: fresh renders with and without the file, scored against a folder of songs."""
+    from acetune.cli import run_command
+
+    w, _, _ = demo_run
+    out = tmp_path / "eval"
+    argv = ["--lora", str(w / "demo_style_comfyui.safetensors"), "--checkpoint_dir", str(w / demo.CHECKPOINT),
+            "--prompt", "lofi piano", "--duration", "1.5", "--steps", "2", "--reference_audio", str(w / "songs"),
+            "--clap_model", str(w / "clap-tiny"), "--device", "cpu", "--output_dir", str(out)]
+    assert run_command("evaluate", argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (out / "renders").iterdir()) == ["base", "demo_style_comfyui"]
+    assert sf.info(str(out / "renders" / "base" / "0.wav")).samplerate == 48000
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["recommended"] == "demo_style_comfyui" and scores["checkpoints"][0]["step"] is None
+    assert "| demo_style_comfyui |" in (out / "report.md").read_text()
+    mtime = (out / "renders" / "base" / "0.wav").stat().st_mtime_ns
+    assert run_command("evaluate", argv) == 0  # a rerun reuses the cached renders
+    assert (out / "renders" / "base" / "0.wav").stat().st_mtime_ns == mtime
+    capsys.readouterr()
+    assert run_command("evaluate", [*argv[:4], "--prompt", "x", "--output_dir", str(tmp_path / "e2")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()  # no training songs: one line, before any render
+    assert len(err) == 1 and "--reference_audio" in err[0] and not (tmp_path / "e2" / "renders").exists()
+
     w, _, _ = demo_run
     with safe_open(str(w / "demo_style_comfyui.safetensors"), "pt") as f:
         keys = list(f.keys())

@@ -23,6 +23,7 @@ from acetune.cli import run_command
 from acetune.dataset.schema import DatasetMeta
 from acetune.lora.keys import LORA_WEIGHTS_FILE
 from acetune.training import checkpoint as ckpt
+from acetune.training.loggers import read_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from train_fixtures import TINY_OVERRIDES, make_checkpoint, make_dataset, train_argv  # noqa: E402
@@ -76,6 +77,9 @@ def test_train_writes_checkpoints(tiny, tmp_path, capsys):
     assert all(not k.startswith(("base_model", "diffusion_model")) for k in keys)
     config = json.loads((folder / ckpt.TRAIN_CONFIG_FILE).read_text())
     assert config["max_steps"] == 5 and config["family"] == "ace-step-v1"
+    records = read_metrics(out)  # written with --logger none too
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert all(isinstance(r["train/loss"], float) and r["train/lr"] >= 0 for r in records) and records[1]["train/lr"] > 0
 
 
 def test_refuses_dataset_for_another_checkpoint(tiny, tmp_path, capsys):

@@ -71,3 +71,40 @@ def test_bad_media_shapes_raise(tmp_path):
         log.log_audio("x", np.zeros((1, 2, 3)), 100, 0)
     with build_logger("tensorboard", tmp_path) as log, pytest.raises(ValueError, match="image must be"):
         log.log_image("x", np.zeros((2, 2, 5)), 0)
+
+
+def test_metrics_jsonl_contract(tmp_path):
+    """One JSON object per line with step, time and the metrics; flushed per write; resume drops later steps."""
+    import json
+    import time
+
+    from acetune.training.loggers import METRICS_FILE, JsonlLogger, TeeLogger, read_metrics
+
+    before = time.time()
+    inner = []
+
+    class Recorder(MetricsLogger):
+        def log(self, metrics, step):
+            inner.append((step, dict(metrics)))
+
+    log = TeeLogger(JsonlLogger(tmp_path), Recorder())
+    for step in range(1, 5):
+        log.log({"train/loss": 1.0 / step, "train/learning_rate": 1e-4}, step)
+        lines = (tmp_path / METRICS_FILE).read_text().splitlines()  # readable before close: flushed
+        assert len(lines) == step
+    log.log({"val/loss": float("nan")}, 4)
+    log.close()
+    records = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 4]
+    assert records[1]["train/loss"] == 0.5 and records[1]["train/lr"] == 1e-4  # the contract's short name
+    assert "train/learning_rate" not in records[1] and inner[1] == (2, {"train/loss": 0.5, "train/learning_rate": 1e-4})
+    assert before <= records[0]["time"] <= records[-1]["time"] <= time.time()
+    assert records[-1]["val/loss"] is None  # NaN is not JSON
+
+    with open(tmp_path / METRICS_FILE, "a") as f:
+        f.write('{"step": 9, "train/lo')  # a torn last line from a crash
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4, 4]
+    JsonlLogger(tmp_path, resume_step=2).close()  # resume from step 2: steps 3, 4 will be trained again
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    JsonlLogger(tmp_path).close()  # a fresh run starts an empty file
+    assert read_metrics(tmp_path) == []

@@ -228,6 +228,8 @@ def prepare_workdir(workdir: Path) -> None:
 def run(args: Args) -> int:
     from acetune.dataset.demo_songs import SONGS, write_demo_songs
     from acetune.dataset.sidecars import sidecar_name
+    from acetune.evaluation.tiny_clap import save_tiny_clap
+    from acetune.training.best import read_best
 
     started = time.perf_counter()
     w = args.workdir
@@ -282,10 +284,12 @@ def run(args: Args) -> int:
                         "--learning_rate", "5e-3", "--warmup_steps", "2", "--every_n_train_steps", str(args.steps),
                         "--save_last", "1", "--text_dropout", "0", "--lyrics_dropout", "0", "--speaker_dropout", "0",
                         "--validation_prompt", sung.prompt, "--validation_lyrics", sung.lyrics,
-                        "--validation_duration", str(args.sizes["render"]), "--validation_every", str(args.steps)])
+                        "--validation_duration", str(args.sizes["render"]),
+                        "--validation_every", str(max(1, args.steps // 2)), "--validation_split", "0.25"])
     _require(r, "train")
     step_dir = run_dir / f"step-{args.steps:06d}"
     r.outputs.update(checkpoint=str(step_dir), validation=str(run_dir / "validation"), logs=str(run_dir / "logs"))
+    r.facts["best"] = read_best(run_dir)
     t = time.perf_counter()
     before, after = (fixed_noise_loss(common, w / "runs" / "eval", lora) for lora in ("", str(step_dir)))
     r.seconds += time.perf_counter() - t
@@ -311,9 +315,19 @@ def run(args: Args) -> int:
     r.outputs["audio"] = str(song_out)
     _require(r, "generate")
 
+    # did it learn? held-out validation loss + CLAP scores on a tiny random CLAP (a real run: laion/clap-htsat-unfused)
+    clap = save_tiny_clap(w / "clap-tiny", seed=args.seed)
+    evaluation = run_dir / "evaluation"
+    r = stage("evaluate", ["--run", str(run_dir), "--clap_model", str(clap), "--strengths", "0.5,1.0",
+                           "--steps", str(args.sizes["generate_steps"]), "--device", args.device,
+                           "--output_dir", str(evaluation)])
+    r.outputs.update(report=str(evaluation / "report.md"), plots=str(evaluation / "plots"))
+    _require(r, "evaluate")
+
     total = time.perf_counter() - started
     write_summary(w / SUMMARY_FILE, results, total, args)
     print_table(results, total)
+    print("\n" + (evaluation / "report.md").read_text(encoding="utf-8").rstrip())
     return 0
 
 

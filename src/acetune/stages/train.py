@@ -108,7 +108,13 @@ class Args:
     validation_prompt: list[str] = arg(default_factory=list, help="caption(s) to render during training")
     validation_lyrics: list[str] = arg(default_factory=list, help="lyrics: one for all prompts or one per prompt")
     validation_duration: float = arg(30.0, help="seconds per validation render")
-    validation_every: int = arg(0, help="render every N steps (0: only at step 0)")
+    validation_every: int = arg(0, help="render every N steps (0: only at step 0); the validation loss is measured "
+                                "every N steps too (0: at every checkpoint save), and at step 0 and the last step")
+    validation_split: float = arg(0.0, help="hold this fraction of the songs out of training (e.g. 0.1; whole songs, "
+                                  "chosen by --seed) and measure the validation loss on them; the best checkpoint "
+                                  "by that loss is kept even when older ones rotate out")
+    validation_dataset: str = arg("", help="a preprocessed dataset of other songs to measure the validation loss on "
+                                  "(instead of --validation_split)")
     validation_seed: int = arg(42, help="prompt i renders with seed + i")
     # accepted for command-line compatibility with the reference trainers; no effect
     every_plot_step: int = arg(0, help="ignored (upstream plots; use --validation_prompt)")
@@ -136,6 +142,10 @@ class Args:
             problems.append("--gradient_clip_val and --ssl_coeff must be >= 0")
         if self.resume and self.resume_from:
             problems.append("--resume and --resume_from both given; choose one")
+        if not 0.0 <= self.validation_split < 1.0:
+            problems.append(f"--validation_split must be in [0, 1) (got {self.validation_split})")
+        if self.validation_split and self.validation_dataset:
+            problems.append("--validation_split and --validation_dataset both given; choose one")
         if self.validation_lyrics and not self.validation_prompt:
             problems.append("--validation_lyrics needs --validation_prompt")
         if problems:
@@ -225,12 +235,14 @@ def build_run(args: Args, echo=print):
     from acetune.models.family import detect_family
     from acetune.training import checkpoint as ckpt
     from acetune.training import run_folder
+    from acetune.training.best import forget_best_after
     from acetune.training.data import ConditionDropout, LyricCache, SongDataset
-    from acetune.training.loggers import MetricsLogger, build_logger
+    from acetune.training.loggers import JsonlLogger, MetricsLogger, TeeLogger, build_logger
     from acetune.training.loop import LoopConfig, TrainRun
     from acetune.training.lora import add_lora, init_lora_from_file, touches_lyric_encoder
     from acetune.training.optim import build_lr_scheduler, build_optimizer, optimizer_advice
     from acetune.training.resume import seed_everything
+    from acetune.training.val_loss import held_out_songs
 
     checkpoint_dir = Path(args.checkpoint_dir)
     family = detect_family(checkpoint_dir)
@@ -266,6 +278,10 @@ def build_run(args: Args, echo=print):
         echo(f"initialised {count} LoRA modules from {args.init_lora}")
     model.train()
 
+    hf_dataset, val_loss = held_out_songs(
+        hf_dataset, meta, split=args.validation_split, dataset_path=args.validation_dataset,
+        every=args.validation_every, seed=args.validation_seed, save_every=args.every_n_train_steps,
+        check=lambda other, path: check_dataset(other, family, checkpoint_dir, path))
     dataset = SongDataset(hf_dataset, meta, use_ssl=use_ssl)
     validation = None
     if args.validation_prompt:
@@ -278,6 +294,10 @@ def build_run(args: Args, echo=print):
     if args.cache_lyrics and hasattr(model, "encode_lyrics") and not touches_lyric_encoder(model):
         cache = LyricCache()
         cache.fill(model, (dataset[i] for i in range(len(dataset))), device, compute_dtype)
+        if val_loss is not None:
+            val_loss.lyric_cache = LyricCache()
+            val_loss.lyric_cache.fill(model, (val_loss.dataset[i] for i in range(len(val_loss.dataset))), device,
+                                      compute_dtype)
     freed = family.prepare_for_training(model, use_ssl=use_ssl, drop_lyric_path=cache is not None and validation is None)
 
     optimizer = build_optimizer(setup.params, args.optimizer, lr=args.learning_rate, weight_decay=args.weight_decay)
@@ -298,8 +318,11 @@ def build_run(args: Args, echo=print):
         for change in run_folder.check_resume(resume_from, train_config, setup.config, allow=args.allow_changes):
             echo(f"--allow_changes: {change}")
     if accelerator.is_main_process and not args.overfit_check:
-        metrics = build_logger(args.logger, args.logger_dir or output_dir / "logs", run_name=args.exp_name,
-                               config=train_config)
+        resume_step = ckpt.checkpoint_step(resume_from) if resume_from is not None else None
+        forget_best_after(output_dir, resume_step)
+        metrics = TeeLogger(JsonlLogger(output_dir, resume_step=resume_step),
+                            build_logger(args.logger, args.logger_dir or output_dir / "logs", run_name=args.exp_name,
+                                         config=train_config))
     loop_config = LoopConfig(
         output_dir=output_dir, max_steps=args.max_steps, epochs=args.epochs, batch_size=args.batch_size,
         num_workers=args.num_workers, accumulate_grad_batches=args.accumulate_grad_batches,
@@ -308,6 +331,7 @@ def build_run(args: Args, echo=print):
         dropout=ConditionDropout(args.text_dropout, args.speaker_dropout, args.lyrics_dropout),
         compute_dtype=compute_dtype, autocast=autocast, resume_from=resume_from, validation=validation,
         validation_parts={"checkpoint_dir": checkpoint_dir, "family": family} if validation else None, device=device,
+        val_loss=val_loss,
     )
     run = TrainRun(model=model, family=family, setup=setup, dataset=dataset, optimizer=optimizer, scheduler=scheduler,
                    accelerator=accelerator, config=loop_config, metrics=metrics, lyric_cache=cache,
@@ -333,14 +357,20 @@ def header(run, freed: dict[str, int], args: Args) -> list[str]:
         f"  precision {args.precision}{', int8 base weights' if args.int8 else ''}, device {run.config.device}"
         f", lyrics cached: {'yes' if run.lyric_cache is not None else 'no'}",
         "  freed: " + (", ".join(f"{k} {v:,} params" for k, v in freed.items()) or "nothing"),
-        f"  checkpoints: {cfg.output_dir} every {cfg.every_n_train_steps} steps, keep {cfg.save_last or 'all'}",
+        f"  checkpoints: {cfg.output_dir} every {cfg.every_n_train_steps} steps, keep {cfg.save_last or 'all'}"
+        + (" + the best by validation loss" if cfg.val_loss else ""),
     ]
+    if cfg.val_loss:
+        lines.append(f"  validation loss: {len(cfg.val_loss.dataset)} held-out sample(s) x "
+                     f"{len(cfg.val_loss.quantiles)} timesteps, every {cfg.val_loss.every or cfg.every_n_train_steps} steps")
     return lines
 
 
 def run(args: Args) -> int:
+    from acetune.evaluation.report import plot_training
     from acetune.training import checkpoint as ckpt
     from acetune.training.loop import fit, overfit_check
+    from acetune.training.val_loss import best_lines
 
     run_, freed = build_run(args)
     echo = run_.echo
@@ -368,7 +398,12 @@ def run(args: Args) -> int:
          f"{summary['seconds_per_step']:.3f} s/step), loss {first} -> {last}, "
          f"processes {summary['processes']}, replicas in sync: {'yes' if summary['replicas_in_sync'] else 'NO'}")
     echo(f"last checkpoint: {summary['checkpoint']}")
-    if summary["stopped"] and run_.accelerator.is_main_process:
+    for line in best_lines(summary.get("best"), args.output_dir):
+        echo(line)
+    if run_.accelerator.is_main_process:  # for users without W&B: the curves as PNG files
+        plots = plot_training(args.output_dir)
+        echo("plots: " + ", ".join(map(str, plots)) if plots else "plots: none (matplotlib missing)")
+    if summary["stopped"] and run_.accelerator.is_main_process:  # last, so the next command is what one sees
         print(f"Stopped by {stopping.signal_name()} after step {summary['steps']}: saved {summary['checkpoint']}; "
               f"continue with: {resume_command(args)}", file=sys.stderr, flush=True)
     if not summary["replicas_in_sync"]:

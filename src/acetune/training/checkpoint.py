@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 
 from acetune.errors import CheckpointError, UsageError
 from acetune.lora.keys import ADAPTER_CONFIG_FILE, LORA_WEIGHTS_FILE, SAVED_METADATA
+from acetune.training.best import read_best
 from acetune.training.resume import get_rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
@@ -241,6 +242,11 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The optimizer step a checkpoint folder was saved at (read from its training_state.json)."""
+    return int(_read_json(Path(path) / STATE_FILE)["step"])
+
+
 def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The complete checkpoint with the highest step, or None if there is none."""
     found = list_checkpoints(output_dir)
@@ -248,11 +254,13 @@ def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints; return the deleted paths."""
+    """Delete all but the newest `keep_last` complete checkpoints, never the best one (`read_best`);
+    return the deleted paths."""
     if keep_last is None or keep_last <= 0:
         return []
     found = list_checkpoints(output_dir)
-    doomed = [path for _, path in found[: max(0, len(found) - keep_last)]]
+    best = (read_best(output_dir) or {}).get("step")
+    doomed = [path for step, path in found[: max(0, len(found) - keep_last)] if step != best]
     for path in doomed:
         shutil.rmtree(path)
         logger.info("pruned checkpoint %s", path)

@@ -10,12 +10,19 @@ never branches on the logger kind. Build a logger on the main process only (othe
 - Wandb: imported lazily; `WANDB_MODE=offline` writes the run under `log_dir/wandb/` with no
   network (`wandb sync` uploads it later), as the woct0rdho fork (Lightning `WandbLogger`,
   project "ace-step-lora").
+
+Whatever `--logger` says, the trainer also writes `metrics.jsonl` in the run folder
+(`JsonlLogger`, combined with the chosen logger by `TeeLogger`): the file `acetune studio` and
+`acetune evaluate` read.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -185,3 +192,101 @@ def build_logger(
     if kind == "wandb":
         return WandbLogger(log_dir, project=project, run_name=run_name, config=config)
     raise UsageError(f"unknown logger {kind!r}", fix=f"use --logger {'|'.join(LOGGERS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.jsonl (always written by the trainer, whatever --logger)
+# ---------------------------------------------------------------------------------------------
+
+METRICS_FILE = "metrics.jsonl"
+# Loop name -> name in metrics.jsonl, where the contract uses a shorter one.
+JSONL_NAMES = {"train/learning_rate": "train/lr"}
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl (a folder or the file); a torn last line (a crash mid-write) is skipped."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
+
+
+class JsonlLogger(MetricsLogger):
+    """`<run>/metrics.jsonl`: one JSON object per line, {"step": int, "time": unix float, "<metric>": float, ...}.
+
+    Appended and flushed on every `log`, so a reader (the studio's live curves) sees each step as it
+    happens. `resume_step`: the step the run continues from; lines with a larger step (the part of an
+    earlier run that is about to be trained again) are dropped first. None: a fresh run, the file starts empty.
+    Non-finite values are written as null (JSON has no NaN). Audio and images are not written here.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, resume_step: int | None = None):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [] if resume_step is None else [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        record: dict[str, Any] = {"step": int(step), "time": time.time()}
+        for name, value in metrics.items():
+            value = float(value)
+            record[JSONL_NAMES.get(name, name)] = value if math.isfinite(value) else None
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class TeeLogger(MetricsLogger):
+    """Sends every call to each of `loggers` (e.g. metrics.jsonl + TensorBoard)."""
+
+    def __init__(self, *loggers: MetricsLogger):
+        self.loggers = loggers
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        for each in self.loggers:
+            each.log(metrics, step)
+
+    def log_audio(self, name: str, wav: Any, sr: int, step: int) -> None:
+        for each in self.loggers:
+            each.log_audio(name, wav, sr, step)
+
+    def log_image(self, name: str, array: Any, step: int) -> None:
+        for each in self.loggers:
+            each.log_image(name, array, step)
+
+    def close(self) -> None:
+        for each in self.loggers:
+            each.close()
+
+
+def merge_metrics(run_dir: str | os.PathLike, by_step: Mapping[int, Mapping[str, float]]) -> None:
+    """Add metrics measured after training (`acetune evaluate`'s CLAP scores) to a run's metrics.jsonl.
+
+    Earlier records holding only these metric names (a previous evaluation) are replaced; the file is
+    rewritten atomically. Not for a run that is still training (its appends could interleave).
+    """
+    path = Path(run_dir) / METRICS_FILE
+    names = {name for values in by_step.values() for name in values}
+    kept = [r for r in read_metrics(path) if not set(r) - {"step", "time"} <= names]
+    now = time.time()
+    added = [{"step": int(step), "time": now, **{k: float(v) for k, v in values.items()}}
+             for step, values in sorted(by_step.items())]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept + added), encoding="utf-8")
+    os.replace(tmp, path)

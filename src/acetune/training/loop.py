@@ -13,6 +13,7 @@ saves and validates. A resume is bitwise exact in one process (rank 0's RNG is w
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -26,6 +27,7 @@ from acetune.errors import TrainingError
 from acetune.progress import progress
 from acetune.stopping import stop_requested
 from acetune.training import checkpoint as ckpt
+from acetune.training.best import read_best
 from acetune.training.data import ConditionDropout, LyricCache, SongDataset, batch_to, make_batch
 from acetune.training.loggers import MetricsLogger
 from acetune.training.lora import LoraSetup, lora_input_casting
@@ -35,6 +37,7 @@ from acetune.training.resume import (
     loader_generator,
     resume_position,
 )
+from acetune.training.val_loss import track_validation_loss
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ class LoopConfig:
     resume_from: Path | None = None  # a checkpoint folder
     validation: object | None = None  # training.validation.ValidationSpec
     validation_parts: dict | None = None  # V1Generator arguments (checkpoint_dir, ...)
+    val_loss: object | None = None  # training.val_loss.ValLossSpec: held-out loss + best checkpoint
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
@@ -201,6 +205,8 @@ def _fit(run: TrainRun) -> dict:
 
     if cfg.validation is not None and step == 0 and main:
         validate(run, 0)
+    if cfg.val_loss is not None and step == 0 and main:
+        track_validation_loss(run, 0, save=lambda: None)
     bar = progress(total=cfg.max_steps, initial=step, desc="train", unit="step", **({} if main else {"disable": True}))
     last_saved = ckpt.find_latest_checkpoint(cfg.output_dir) if main else None
     window: list[dict[str, torch.Tensor]] = []
@@ -258,6 +264,9 @@ def _fit(run: TrainRun) -> dict:
             # 5. maybe checkpoint / validate
             if main and (step % cfg.every_n_train_steps == 0 or step == cfg.max_steps):
                 last_saved = save_checkpoint(run, step, epoch, micro)
+            if main and cfg.val_loss is not None and cfg.val_loss.due(step, cfg.max_steps):
+                last_saved = track_validation_loss(
+                    run, step, save=functools.partial(save_checkpoint, run, step, epoch, micro)) or last_saved
             if main and cfg.validation is not None and cfg.validation.due(step):
                 validate(run, step)
             if step >= cfg.max_steps or _stop_everywhere(world, device):  # Ctrl-C / SIGTERM: saved just below
@@ -275,6 +284,7 @@ def _fit(run: TrainRun) -> dict:
         "first_loss": first_loss, "last_loss": last_loss, "seconds": elapsed,
         "seconds_per_step": elapsed / max(1, steps_run), "checkpoint": str(last_saved) if last_saved else None,
         "processes": world, "replicas_in_sync": in_sync, "stopped": stop_requested(),
+        "best": read_best(cfg.output_dir) if main else None,
     }
 
 

@@ -21,7 +21,7 @@ def test_demo_runs_on_acestep15(tmp_path, monkeypatch):
                                 "--steps", str(STEPS)]) == 0
     summary = json.loads((w / demo.SUMMARY_FILE).read_text())
     assert [s["name"] for s in summary["stages"]] == ["model set + songs", "build-dataset", "preprocess", "train",
-                                                      "export", "generate"]
+                                                      "export", "generate", "evaluate"]
     assert json.loads((w / demo.CHECKPOINT_V15 / "model_index.json").read_text())["_class_name"] == "AceStepPipeline"
 
     from acetune.dataset.schema import load_dataset
@@ -34,6 +34,12 @@ def test_demo_runs_on_acestep15(tmp_path, monkeypatch):
         assert sf.info(str(run_dir / "validation" / f"step-{step:06d}" / "0.wav")).samplerate == 48000
     before, after = next(s for s in summary["stages"] if s["name"] == "train")["facts"]["overfit_loss"]
     assert after < before, (before, after)
+    from acetune.training.best import read_best
+    from acetune.training.loggers import read_metrics
+
+    val = {r["step"]: r["val/loss"] for r in read_metrics(run_dir) if "val/loss" in r}  # the 1.5 family's hook
+    assert sorted(val) == [0, STEPS // 2, STEPS] and read_best(run_dir)["step0_val_loss"] == val[0]
+    assert "| no LoRA | 0 |" in (run_dir / "evaluation" / "report.md").read_text()
     with safe_open(str(w / "demo_style_comfyui.safetensors"), "pt") as f:
         assert all(k.startswith("base_model.model.layers.") for k in f.keys())
     wav, sr = sf.read(str(w / "generated.wav"), always_2d=True)
