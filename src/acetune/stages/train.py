@@ -252,6 +252,12 @@ def build_run(args: Args, echo=print):
     hf_dataset, meta = load_dataset(args.dataset_path)
     check_dataset(meta, family, checkpoint_dir, args.dataset_path)
     lora_config = _lora_config(args)
+    recipe = None
+    if hasattr(family, "training_recipe"):  # ACE-Step 1.5: t sampling and CFG dropout per checkpoint variant
+        recipe = family.training_recipe(checkpoint_dir, args.timestep_sampling, args.cfg_dropout)
+    elif args.timestep_sampling != "auto" or args.cfg_dropout is not None:
+        raise UsageError(f"--timestep_sampling and --cfg_dropout are ACE-Step 1.5 settings; {family.name} samples "
+                         "logit-normal t with --shift", fix="drop them (v1 uses --shift and --text_dropout)")
     compute_dtype, lora_dtype, autocast = PRECISIONS[args.precision]
 
     accelerator = Accelerator(cpu=args.device == "cpu")
@@ -264,13 +270,8 @@ def build_run(args: Args, echo=print):
             echo(f"--overwrite: deleted {path}")
     seed_everything(args.seed)
     model = family.load_transformer(checkpoint_dir, dtype=compute_dtype, device=device, drop_unused=True)
-    recipe = None
-    if hasattr(family, "training_recipe"):  # ACE-Step 1.5: t sampling and CFG dropout per checkpoint variant
-        recipe = family.training_recipe(checkpoint_dir, args.timestep_sampling, args.cfg_dropout)
+    if recipe is not None:
         family.set_recipe(model, recipe)
-    elif args.timestep_sampling != "auto" or args.cfg_dropout is not None:
-        raise UsageError(f"--timestep_sampling and --cfg_dropout are ACE-Step 1.5 settings; {family.name} samples "
-                         "logit-normal t with --shift", fix="drop them (v1 uses --shift and --text_dropout)")
     use_ssl = bool(meta.ssl_names) and args.ssl_coeff > 0
     if args.int8:
         getattr(family, "quantize_int8", quantize_int8)(model)
