@@ -176,13 +176,10 @@ def check_dataset(meta, family, checkpoint_dir: Path, dataset_path: str) -> None
     if meta.family != family.name:
         raise TrainingError(f"dataset was preprocessed for {meta.family}, the checkpoint is {family.name}",
                             path=dataset_path, fix="preprocess the songs with this checkpoint")
-    if meta.checkpoint and hasattr(family, "checkpoint_identity"):  # 1.5: name, variant, widths, weights
-        from acetune.models.v15.variant import describe, same_checkpoint
-
-        here = family.checkpoint_identity(checkpoint_dir)
-        if not same_checkpoint(meta.checkpoint, here):
-            raise TrainingError(f"dataset was preprocessed with {describe(meta.checkpoint)}, this checkpoint is "
-                                f"{describe(here)}", path=dataset_path,
+    if meta.checkpoint and hasattr(family, "checkpoint_mismatch"):  # 1.5: name, variant, widths, weights
+        mismatch = family.checkpoint_mismatch(meta.checkpoint, checkpoint_dir)
+        if mismatch:
+            raise TrainingError(f"dataset was preprocessed with {mismatch}", path=dataset_path,
                                 fix="preprocess the songs again with this --checkpoint_dir")
     expected = family.config_hash(checkpoint_dir)
     if meta.checkpoint_hash != expected:

@@ -7,7 +7,7 @@ The checkpoint is a diffusers `AceStepPipeline` folder (`layout.py`). Beyond the
                  load_preprocess_encoders / encode_part (what `acetune preprocess` calls; `rows.py`)
     train:       load_transformer(dir);  collate(rows);  training_loss(transformer, batch)
                  training_recipe(dir, timestep_sampling, cfg_dropout) / set_recipe(model, recipe)
-                 checkpoint_identity(dir) (what preprocess records; train refuses another checkpoint)
+                 checkpoint_identity(dir) (what preprocess records) / checkpoint_mismatch(recorded, dir) (train)
                  add_training_adapter(model, config, kind) (LoRA / LoKr);  quantize_int8(model)
                  validation_renderer(transformer, dir) (validation renders through AceStepPipeline)
                  adapter_config(kind, rank, alpha, ...);  add_adapter(transformer, config)
@@ -181,6 +181,13 @@ class V15Family:
     def checkpoint_identity(self, checkpoint_dir: Path) -> dict:
         """Name, variant, XL, widths, config hash and condition-weights hash (`variant.identity`)."""
         return variant.identity(checkpoint_dir, self.config_hash(checkpoint_dir), self.condition_tensors(checkpoint_dir))
+
+    def checkpoint_mismatch(self, recorded: dict, checkpoint_dir: Path) -> str | None:
+        """None when a dataset's recorded identity fits this checkpoint, else "<recorded>, this checkpoint is <here>"."""
+        here = self.checkpoint_identity(checkpoint_dir)
+        if variant.same_checkpoint(recorded, here):
+            return None
+        return f"{variant.describe(recorded)}, this checkpoint is {variant.describe(here)}"
 
     def prepare_for_training(self, model: torch.nn.Module, *, use_ssl: bool = False,
                              drop_lyric_path: bool = False) -> dict[str, int]:
