@@ -39,10 +39,11 @@ def test_xl_every_stage(v15_xl_prepared, tmp_path, capsys):
     assert run_command("train", _train_argv(checkpoint, prep, out, "--max_steps", "2", "--every_n_train_steps", "2",
                                             "--learning_rate", "1e-3", "--warmup_steps", "1")) == 0
     printed = capsys.readouterr().out
-    assert "recipe: logit-normal t (mu -0.4, sigma 1.0, max of 2), CFG condition dropout 0.15 (sft checkpoint)" in printed
+    assert "recipe: logit_normal t (mu -0.4, sigma 1.0), cfg dropout 0.15 (sft checkpoint)" in printed
     step = out / "step-000002"
     config = json.loads((step / "train_config.json").read_text())
-    assert config["recipe"] == {"timestep_sampling": "logit_normal", "cfg_dropout": 0.15, "mu": -0.4, "sigma": 1.0}
+    assert config["v15_recipe"] == {"timestep_sampling": "logit_normal", "cfg_dropout": 0.15, "mu": -0.4, "sigma": 1.0,
+                                    "variant": "sft"}
     trained = load_file(str(step / "pytorch_lora_weights.safetensors"))
     assert trained["layers.0.cross_attn.to_q.lora_A.weight"].shape == (4, 40)  # adapters sit on the 40-wide DiT
 
