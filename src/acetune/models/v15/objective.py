@@ -69,7 +69,7 @@ def timestep_from_normal(u: torch.Tensor, shift: float = 3.0) -> torch.Tensor:
     """A standard-normal draw -> t = shift s / (1 + (shift - 1) s), s = sigmoid(u) (u = 0 gives 0.75).
 
     Only for callers that pin the timestep with a normal draw (the shared loop's overfit check passes
-    u = 0, v1's median timestep); training itself samples `TURBO_SHIFT3_TIMESTEPS`.
+    u = 0, v1's median timestep); training samples t as its `Recipe` says.
     """
     s = torch.sigmoid(u.float())
     return shift * s / (1 + (shift - 1) * s)
