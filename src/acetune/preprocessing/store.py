@@ -143,6 +143,8 @@ def comparable(meta: schema.DatasetMeta) -> dict:
 def check_compatible(old: schema.DatasetMeta, new: schema.DatasetMeta, where: Path, fix: str) -> None:
     """UsageError naming the differing settings, if rows made under `old` and `new` cannot mix."""
     a, b = comparable(old), comparable(new)
+    if not old.checkpoint or not new.checkpoint:  # made before outputs recorded the checkpoint: the hash decides
+        a.pop("checkpoint"), b.pop("checkpoint")
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
         shown = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in diff[:4])

@@ -66,3 +66,19 @@ def test_identity_differs_by_condition_weights_not_by_name(tmp_path):
     other = variant.identity(folder, "cfg", {**null, "null_condition_emb": torch.full((1, 1, 4), 2.0)})
     assert not variant.same_checkpoint(a, other)
     assert variant.describe(a).startswith("ckpt (turbo, 2B, widths 2048/2048, config cfg, weights ")
+
+
+def test_preprocess_resume_compares_the_recorded_checkpoint(tmp_path):
+    from acetune.dataset.schema import DatasetMeta
+    from acetune.errors import UsageError
+    from acetune.preprocessing.store import check_compatible
+
+    ident = {"name": "a", "variant": "turbo", "xl": False, "decoder_width": 32, "condition_width": 32,
+             "config_hash": "c", "condition_hash": "w"}
+    made = DatasetMeta(family="acestep15", checkpoint_hash="h", checkpoint=ident)
+    check_compatible(made, DatasetMeta(family="acestep15", checkpoint_hash="h", checkpoint=dict(ident, name="b")),
+                     tmp_path, fix="")  # a renamed folder resumes
+    check_compatible(DatasetMeta(family="acestep15", checkpoint_hash="h"), made, tmp_path, fix="")  # older output
+    with pytest.raises(UsageError, match="checkpoint"):
+        check_compatible(made, DatasetMeta(family="acestep15", checkpoint_hash="h",
+                                           checkpoint=dict(ident, condition_hash="other")), tmp_path, fix="")
