@@ -95,6 +95,15 @@ def test_refuses_dataset_for_another_checkpoint(tiny, tmp_path, capsys):
     assert len(err) == 1 and "preprocessed for transformer config 0123456789abcdef" in err[0]
 
 
+def test_v1_refuses_the_15_recipe_flags(tiny, tmp_path, capsys):
+    checkpoint, data = tiny
+    for flag, value in (("--cfg_dropout", "0.1"), ("--timestep_sampling", "logit_normal")):
+        capsys.readouterr()
+        assert run_command("train", train_argv(data, checkpoint, tmp_path / "out", "--max_steps", "1", flag, value)) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "are ACE-Step 1.5 settings" in err[0]
+
+
 def test_overfit_check_passes_on_one_song(tmp_path, capsys):
     """One generated song, tiny model (width 128 so the output layer is not a bottleneck): 10x in <= 300 steps."""
     from acetune.models.v1.tiny import save_tiny_checkpoint

@@ -195,6 +195,7 @@ class DatasetMeta:
     prompt_variants: int = 4
     settings: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    checkpoint: dict = field(default_factory=dict)  # the family's checkpoint identity (1.5: name, variant, widths, ...)
 
     def save(self, folder: str | os.PathLike) -> None:
         path = Path(folder) / META_FILE

@@ -136,12 +136,15 @@ def comparable(meta: schema.DatasetMeta) -> dict:
     settings = {k: v for k, v in meta.settings.items() if k not in RUN_ONLY_SETTINGS}
     return {"family": meta.family, "checkpoint_hash": meta.checkpoint_hash, "storage_dtype": meta.storage_dtype,
             "ssl_names": sorted(meta.ssl_names), "prompt_variants": meta.prompt_variants,
-            "schema_version": meta.schema_version, **settings}
+            "schema_version": meta.schema_version, **settings,
+            "checkpoint": {k: v for k, v in meta.checkpoint.items() if k != "name"}}  # a renamed folder may resume
 
 
 def check_compatible(old: schema.DatasetMeta, new: schema.DatasetMeta, where: Path, fix: str) -> None:
     """UsageError naming the differing settings, if rows made under `old` and `new` cannot mix."""
     a, b = comparable(old), comparable(new)
+    if not old.checkpoint or not new.checkpoint:  # made before outputs recorded the checkpoint: the hash decides
+        a.pop("checkpoint"), b.pop("checkpoint")
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
         shown = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in diff[:4])

@@ -173,7 +173,9 @@ def build_meta(args: Args, family, ssl_names: tuple[str, ...], dtype: torch.dtyp
     }
     return schema.DatasetMeta(family=family.name, checkpoint_hash=family.config_hash(args.checkpoint_dir),
                               storage_dtype=args.storage_dtype, ssl_names=list(ssl_names),
-                              prompt_variants=args.prompt_variants, settings=settings)
+                              prompt_variants=args.prompt_variants, settings=settings,
+                              checkpoint=(family.checkpoint_identity(args.checkpoint_dir)
+                                          if hasattr(family, "checkpoint_identity") else {}))
 
 
 def prepare_output(out: Path, meta: schema.DatasetMeta, overwrite: bool) -> None:

@@ -80,6 +80,13 @@ class Args:
     text_dropout: float = arg(0.15, help="probability of training without the prompt (upstream trainer.py)")
     speaker_dropout: float = arg(0.5, help="probability of training without the speaker embedding")
     lyrics_dropout: float = arg(0.15, help="probability of training without the lyrics")
+    timestep_sampling: str = arg("auto", choices=("auto", "discrete", "logit_normal"), help="ACE-Step 1.5: how t "
+                                 "is drawn. auto: from the checkpoint variant (turbo: discrete, the 8 turbo "
+                                 "timesteps; base/sft: logit_normal, the official corrected trainer training_v2)")
+    cfg_dropout: float | None = arg(None, help="ACE-Step 1.5: probability of replacing a song's whole condition "
+                                    "with the checkpoint's null embedding (CFG training). Default from the "
+                                    "variant: turbo 0, base/sft 0.15 (training_v2). 1.5 ignores the three "
+                                    "v1 dropouts above")
     # model
     precision: str = arg("bf16-mixed", choices=tuple(PRECISIONS), help="bf16-mixed: bf16 base weights, fp32 LoRA, "
                          "bf16 autocast; bf16: LoRA in bf16 too; 32: everything fp32")
@@ -133,8 +140,8 @@ class Args:
                 problems.append(f"--{name} must be >= 0")
         if self.epochs == 0 or self.epochs < -1:
             problems.append("--epochs must be >= 1, or -1 for no limit")
-        for name in ("text_dropout", "speaker_dropout", "lyrics_dropout"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+        for name in ("text_dropout", "speaker_dropout", "lyrics_dropout", "cfg_dropout"):
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"--{name} must be in [0, 1]")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             problems.append("--learning_rate must be > 0")
@@ -175,10 +182,15 @@ def _lora_config(args: Args) -> dict:
 
 
 def check_dataset(meta, family, checkpoint_dir: Path, dataset_path: str) -> None:
-    """Refuse a dataset preprocessed for another model family or another transformer config."""
+    """Refuse a dataset preprocessed for another model family or another checkpoint (one line naming both)."""
     if meta.family != family.name:
         raise TrainingError(f"dataset was preprocessed for {meta.family}, the checkpoint is {family.name}",
                             path=dataset_path, fix="preprocess the songs with this checkpoint")
+    if meta.checkpoint and hasattr(family, "checkpoint_mismatch"):  # 1.5: name, variant, widths, weights
+        mismatch = family.checkpoint_mismatch(meta.checkpoint, checkpoint_dir)
+        if mismatch:
+            raise TrainingError(f"dataset was preprocessed with {mismatch}", path=dataset_path,
+                                fix="preprocess the songs again with this --checkpoint_dir")
     expected = family.config_hash(checkpoint_dir)
     if meta.checkpoint_hash != expected:
         raise TrainingError(f"dataset was preprocessed for transformer config {meta.checkpoint_hash}, this "
@@ -249,6 +261,12 @@ def build_run(args: Args, echo=print):
     hf_dataset, meta = load_dataset(args.dataset_path)
     check_dataset(meta, family, checkpoint_dir, args.dataset_path)
     lora_config = _lora_config(args)
+    recipe = None
+    if hasattr(family, "training_recipe"):  # ACE-Step 1.5: t sampling and CFG dropout per checkpoint variant
+        recipe = family.training_recipe(checkpoint_dir, args.timestep_sampling, args.cfg_dropout)
+    elif args.timestep_sampling != "auto" or args.cfg_dropout is not None:
+        raise UsageError(f"--timestep_sampling and --cfg_dropout are ACE-Step 1.5 settings; {family.name} samples "
+                         "logit-normal t with --shift", fix="drop them (v1 uses --shift and --text_dropout)")
     compute_dtype, lora_dtype, autocast = PRECISIONS[args.precision]
 
     accelerator = Accelerator(cpu=args.device == "cpu")
@@ -261,6 +279,8 @@ def build_run(args: Args, echo=print):
             echo(f"--overwrite: deleted {path}")
     seed_everything(args.seed)
     model = family.load_transformer(checkpoint_dir, dtype=compute_dtype, device=device, drop_unused=True)
+    if recipe is not None:
+        family.set_recipe(model, recipe)
     use_ssl = bool(meta.ssl_names) and args.ssl_coeff > 0
     if args.int8:
         getattr(family, "quantize_int8", quantize_int8)(model)
@@ -313,7 +333,10 @@ def build_run(args: Args, echo=print):
         if resume_from is None:
             echo(f"--resume: no checkpoint in {output_dir} yet; starting from step 0")
     metrics = MetricsLogger()
-    train_config = {**asdict(args), "family": family.name, "dataset_hash": meta.checkpoint_hash}
+    train_config = {**asdict(args), "family": family.name, "dataset_hash": meta.checkpoint_hash,
+                    # 1.5: the resolved recipe (a resume that changes it is a hyper-parameter change)
+                    **({"v15_recipe": {**asdict(recipe), "variant": family.variant_of(checkpoint_dir)}}
+                       if recipe is not None else {})}
     if resume_from is not None:
         for change in run_folder.check_resume(resume_from, train_config, setup.config, allow=args.allow_changes):
             echo(f"--allow_changes: {change}")
@@ -328,7 +351,9 @@ def build_run(args: Args, echo=print):
         num_workers=args.num_workers, accumulate_grad_batches=args.accumulate_grad_batches,
         gradient_clip_val=args.gradient_clip_val, shift=args.shift, ssl_coeff=args.ssl_coeff if use_ssl else 0.0,
         every_n_train_steps=args.every_n_train_steps, save_last=args.save_last, seed=args.seed,
-        dropout=ConditionDropout(args.text_dropout, args.speaker_dropout, args.lyrics_dropout),
+        # 1.5 drops the condition inside its own step (the recipe's cfg_dropout, drawn in the official order)
+        dropout=None if recipe is not None else ConditionDropout(args.text_dropout, args.speaker_dropout,
+                                                                  args.lyrics_dropout),
         compute_dtype=compute_dtype, autocast=autocast, resume_from=resume_from, validation=validation,
         validation_parts={"checkpoint_dir": checkpoint_dir, "family": family} if validation else None, device=device,
         val_loss=val_loss,
@@ -337,6 +362,13 @@ def build_run(args: Args, echo=print):
                    accelerator=accelerator, config=loop_config, metrics=metrics, lyric_cache=cache,
                    train_config=train_config, echo=echo if accelerator.is_main_process else (lambda _: None))
     return run, freed
+
+
+def _recipe_line(recipe: dict) -> str:
+    """The 1.5 recipe in the header: `recipe: logit_normal t (mu -0.4, sigma 1.0), cfg dropout 0.15 (sft checkpoint)`."""
+    t = ("discrete t (the 8 turbo timesteps)" if recipe["timestep_sampling"] == "discrete"
+         else f"logit_normal t (mu {recipe['mu']}, sigma {recipe['sigma']})")
+    return f"  recipe: {t}, cfg dropout {recipe['cfg_dropout']:g} ({recipe['variant']} checkpoint)"
 
 
 def header(run, freed: dict[str, int], args: Args) -> list[str]:
@@ -357,6 +389,7 @@ def header(run, freed: dict[str, int], args: Args) -> list[str]:
         f"  precision {args.precision}{', int8 base weights' if args.int8 else ''}, device {run.config.device}"
         f", lyrics cached: {'yes' if run.lyric_cache is not None else 'no'}",
         "  freed: " + (", ".join(f"{k} {v:,} params" for k, v in freed.items()) or "nothing"),
+        *([_recipe_line(run.train_config["v15_recipe"])] if "v15_recipe" in run.train_config else []),
         f"  checkpoints: {cfg.output_dir} every {cfg.every_n_train_steps} steps, keep {cfg.save_last or 'all'}"
         + (" + the best by validation loss" if cfg.val_loss else ""),
     ]

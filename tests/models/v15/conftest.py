@@ -31,3 +31,18 @@ def v15_prepared(tmp_path_factory) -> tuple[Path, Path]:
                                       "--checkpoint_dir", str(checkpoint), "--model_family", FAMILY_NAME,
                                       "--device", "cpu", "--storage_dtype", "float32", "--num_workers", "0"]) == 0
     return checkpoint, base / "prep"
+
+
+@pytest.fixture(scope="session")
+def v15_xl_prepared(v15_prepared) -> tuple[Path, Path]:
+    """(XL-shaped sft checkpoint, its preprocessed dataset) for the same song as `v15_prepared`."""
+    from acetune.cli import run_command
+    from acetune.models.v15.schema import FAMILY_NAME
+    from acetune.models.v15.tiny import save_tiny_checkpoint_v15
+
+    base = v15_prepared[1].parent
+    checkpoint = save_tiny_checkpoint_v15(base / "acestep-v15-xl-sft-tiny", seed=1, xl=True, variant="sft")
+    assert run_command("preprocess", ["--input_name", str(base / "ds"), "--output_name", str(base / "prep_xl"),
+                                      "--checkpoint_dir", str(checkpoint), "--model_family", FAMILY_NAME,
+                                      "--device", "cpu", "--storage_dtype", "float32", "--num_workers", "0"]) == 0
+    return checkpoint, base / "prep_xl"

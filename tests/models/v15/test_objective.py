@@ -32,22 +32,46 @@ def test_context_latents_tile_silence_then_ones():
     assert torch.all(ctx[:, 4:] == 1)
 
 
-def test_masked_loss_matches_official_mse_at_batch_one():
-    class Echo(torch.nn.Module):  # predicts its input: loss = mse(xt, noise - x0)
-        def __init__(self):
-            super().__init__()
-            self.p = torch.nn.Parameter(torch.zeros(()))
+class Echo(torch.nn.Module):
+    """Predicts its noisy input and records the condition it was given."""
 
-        def forward(self, hidden_states, **kw):
-            return (hidden_states,)
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(()))
+        self.seen = {}
 
-    rows = [{"latents": torch.randn(3, 5), "encoder_states": torch.randn(4, 2)}]
+    def forward(self, hidden_states, encoder_hidden_states, timestep, **kw):
+        self.seen.update(states=encoder_hidden_states, t=timestep)
+        return (hidden_states,)
+
+
+def test_loss_is_the_plain_mean_padding_included():
+    # the official step ignores both masks: a padded batch is scored on its zero padding as well
+    rows = [{"latents": torch.randn(3, 5), "encoder_states": torch.randn(4, 2)},
+            {"latents": torch.randn(3, 2), "encoder_states": torch.randn(1, 2)}]
     batch = objective.collate(rows)
-    noise, t = torch.randn(1, 3, 5), torch.tensor([0.75])
+    noise, t = torch.randn(2, 3, 5), torch.tensor([0.75, 0.3])
     out = objective.flow_matching_loss(Echo(), batch, torch.zeros(1, 10, 3), noise=noise.clone(), t=t)
-    x0, noise = rows[0]["latents"].T[None], noise.transpose(1, 2)
-    want = torch.nn.functional.mse_loss(0.75 * noise + 0.25 * x0, noise - x0)
+    x0, n = batch["target_latents"].transpose(1, 2), noise.transpose(1, 2)
+    t_ = t[:, None, None]
+    want = torch.nn.functional.mse_loss(t_ * n + (1 - t_) * x0, n - x0)
     torch.testing.assert_close(out.loss, want)
+
+
+def test_default_recipe_per_variant():
+    assert objective.default_recipe("turbo") == objective.Recipe("discrete", 0.0)
+    for variant in ("base", "sft"):
+        assert objective.default_recipe(variant) == objective.Recipe("logit_normal", 0.15, -0.4, 1.0)
+
+
+def test_logit_normal_draws_are_the_max_of_two_shifted_sigmoids():
+    gen = torch.Generator().manual_seed(3)
+    t = objective.sample_logit_normal(20000, gen)
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(20000, generator=gen), torch.randn(20000, generator=gen)
+    torch.testing.assert_close(t, torch.maximum(torch.sigmoid(a - 0.4), torch.sigmoid(b - 0.4)), rtol=0, atol=0)
+    # the max of two draws sits above one draw's median sigmoid(-0.4) = 0.401 for 3 in 4 samples
+    assert abs((t > torch.sigmoid(torch.tensor(-0.4))).float().mean().item() - 0.75) < 0.02
 
 
 def test_comfyui_names_are_what_diffusers_converts_back():
@@ -70,23 +94,26 @@ def test_comfyui_names_are_what_diffusers_converts_back():
     assert set(back) == {f"transformer.{k}" for k in state}
 
 
-def test_dropped_condition_becomes_the_null_embedding():
-    seen = {}
-
-    class Spy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.p = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, hidden_states, encoder_hidden_states, **kw):
-            seen["states"] = encoder_hidden_states
-            return (hidden_states,)
-
-    rows = [{"latents": torch.randn(3, 5), "encoder_states": torch.randn(4, 2)},
-            {"latents": torch.randn(3, 5), "encoder_states": torch.randn(4, 2)}]
+def test_cfg_dropout_replaces_whole_rows_with_the_null_embedding():
+    rows = [{"latents": torch.randn(3, 4), "encoder_states": torch.randn(4, 2)} for _ in range(400)]
     batch = objective.collate(rows)
-    batch["encoder_text_hidden_states"][1] = 0.0  # what the shared loader's text dropout does
     null = torch.tensor([[[7.0, -7.0]]])
-    objective.flow_matching_loss(Spy(), batch, torch.zeros(1, 10, 3), null_condition=null)
-    torch.testing.assert_close(seen["states"][0], rows[0]["encoder_states"])
-    assert torch.all(seen["states"][1] == null[0])
+    model = Echo()
+    recipe = objective.default_recipe("sft")
+    objective.flow_matching_loss(model, batch, torch.zeros(1, 10, 3), null_condition=null, recipe=recipe,
+                                 generator=torch.Generator().manual_seed(0))
+    states = model.seen["states"]
+    dropped = (states == null).flatten(1).all(1)
+    kept = (states == batch["encoder_text_hidden_states"]).flatten(1).all(1)
+    assert torch.all(dropped ^ kept)  # each row is either all null or untouched
+    # the dropout uniforms are the first draw, before the noise and t
+    want = torch.rand(400, generator=torch.Generator().manual_seed(0)) < 0.15
+    assert torch.equal(dropped, want) and 30 < int(want.sum()) < 90
+    # the turbo recipe draws no dropout (t from its table), and a pinned t turns dropout off
+    objective.flow_matching_loss(model, batch, torch.zeros(1, 10, 3), null_condition=null,
+                                 recipe=objective.default_recipe("turbo"), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.seen["states"], batch["encoder_text_hidden_states"])
+    assert set(model.seen["t"].tolist()) <= {float(torch.tensor(v)) for v in objective.TURBO_SHIFT3_TIMESTEPS}
+    objective.flow_matching_loss(model, batch, torch.zeros(1, 10, 3), null_condition=null, recipe=recipe,
+                                 t=torch.full((400,), 0.75))
+    assert torch.equal(model.seen["states"], batch["encoder_text_hidden_states"])

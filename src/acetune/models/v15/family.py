@@ -6,6 +6,8 @@ The checkpoint is a diffusers `AceStepPipeline` folder (`layout.py`). Beyond the
     preprocess:  load_encoders(dir) -> pipe;  encode_song(pipe, wav, SongText) -> EncodedSong
                  load_preprocess_encoders / encode_part (what `acetune preprocess` calls; `rows.py`)
     train:       load_transformer(dir);  collate(rows);  training_loss(transformer, batch)
+                 training_recipe(dir, timestep_sampling, cfg_dropout) / set_recipe(model, recipe)
+                 checkpoint_identity(dir) (what preprocess records) / checkpoint_mismatch(recorded, dir) (train)
                  add_training_adapter(model, config, kind) (LoRA / LoKr);  quantize_int8(model)
                  validation_renderer(transformer, dir) (validation renders through AceStepPipeline)
                  adapter_config(kind, rank, alpha, ...);  add_adapter(transformer, config)
@@ -17,6 +19,7 @@ The checkpoint is a diffusers `AceStepPipeline` folder (`layout.py`). Beyond the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -24,7 +27,7 @@ from pathlib import Path
 import torch
 
 from acetune.errors import CheckpointError, TrainingError
-from acetune.models.v15 import adapters, conditioning, objective, rows, training
+from acetune.models.v15 import adapters, conditioning, objective, rows, training, variant
 from acetune.models.v15 import generate as generation
 from acetune.models.v15.layout import (
     CONDITION_ENCODER_DIR,
@@ -41,6 +44,7 @@ _FIX = "download the complete diffusers ACE-Step 1.5 folder (e.g. ACE-Step/acest
 CONFIG_FILE = "config.json"
 SILENCE_BUFFER = "acetune_silence_latent"
 NULL_BUFFER = "acetune_null_condition"
+RECIPE_ATTR = "acetune_recipe"  # the objective.Recipe `training_loss` follows (set by load_transformer / set_recipe)
 
 
 def _read_json(path: Path) -> dict:
@@ -79,6 +83,8 @@ class V15Family:
     # `acetune train`: LoRA / LoKr keyed by the DiT's module paths, int8 base weights, validation renders
     add_training_adapter = staticmethod(training.add_training_adapter)
     quantize_int8 = staticmethod(training.quantize_int8)
+    variant_of = staticmethod(variant.variant_of)  # "turbo" / "base" / "sft": picks the training recipe
+    is_xl = staticmethod(variant.is_xl)
 
     def validation_renderer(self, transformer: torch.nn.Module, checkpoint_dir: Path, **options):
         """`AceStepPipeline` around the in-training DiT (adapter active); see `models.v15.validation`."""
@@ -151,7 +157,37 @@ class V15Family:
         tensors = self.condition_tensors(checkpoint_dir)
         model.register_buffer(SILENCE_BUFFER, tensors["silence_latent"].to(dtype), persistent=False)
         model.register_buffer(NULL_BUFFER, tensors["null_condition_emb"].to(dtype), persistent=False)
+        self.set_recipe(model, self.training_recipe(checkpoint_dir))
         return model.to(device).eval()
+
+    def training_recipe(self, checkpoint_dir: Path, timestep_sampling: str = "auto",
+                        cfg_dropout: float | None = None) -> objective.Recipe:
+        """The checkpoint variant's recipe (`objective.default_recipe`: turbo discrete, base / sft training_v2),
+        with `--timestep_sampling` (unless "auto") and `--cfg_dropout` (unless None) overriding it."""
+        recipe = objective.default_recipe(variant.variant_of(checkpoint_dir))
+        if timestep_sampling != "auto":
+            if timestep_sampling not in objective.TIMESTEP_SAMPLINGS:
+                raise TrainingError(f"unknown --timestep_sampling {timestep_sampling!r}",
+                                    fix=f"choose auto, {', '.join(objective.TIMESTEP_SAMPLINGS)}")
+            recipe = dataclasses.replace(recipe, timestep_sampling=timestep_sampling)
+        if cfg_dropout is not None:
+            recipe = dataclasses.replace(recipe, cfg_dropout=float(cfg_dropout))
+        return recipe
+
+    @staticmethod
+    def set_recipe(model: torch.nn.Module, recipe: objective.Recipe) -> None:
+        setattr(model, RECIPE_ATTR, recipe)
+
+    def checkpoint_identity(self, checkpoint_dir: Path) -> dict:
+        """Name, variant, XL, widths, config hash and condition-weights hash (`variant.identity`)."""
+        return variant.identity(checkpoint_dir, self.config_hash(checkpoint_dir), self.condition_tensors(checkpoint_dir))
+
+    def checkpoint_mismatch(self, recorded: dict, checkpoint_dir: Path) -> str | None:
+        """None when a dataset's recorded identity fits this checkpoint, else "<recorded>, this checkpoint is <here>"."""
+        here = self.checkpoint_identity(checkpoint_dir)
+        if variant.same_checkpoint(recorded, here):
+            return None
+        return f"{variant.describe(recorded)}, this checkpoint is {variant.describe(here)}"
 
     def prepare_for_training(self, model: torch.nn.Module, *, use_ssl: bool = False,
                              drop_lyric_path: bool = False) -> dict[str, int]:
@@ -163,16 +199,18 @@ class V15Family:
                       generator: torch.Generator | None = None) -> objective.V15Loss:
         """The official 1.5 objective (`objective.flow_matching_loss`) on a batch with the v1 key names.
 
-        `model` comes from `load_transformer` (it carries the silence latent and null condition).
-        `noise` (B, C, T) and `u` (a normal draw, `objective.timestep_from_normal`) pin the random draws.
-        `shift` and `ssl_coeff` belong to v1: the 1.5 trainer samples the fixed turbo shift-3 table.
+        `model` comes from `load_transformer` (it carries the silence latent, the null condition and the
+        recipe, `set_recipe`). `noise` (B, C, T) and `u` (a normal draw, `objective.timestep_from_normal`)
+        pin the random draws; a pinned t also turns condition dropout off. `shift` and `ssl_coeff` belong
+        to v1 (the recipe fixes the 1.5 timesteps).
         """
         if not hasattr(model, SILENCE_BUFFER):
             raise TrainingError("the 1.5 transformer was not loaded through the family",
                                 fix="load it with get_family('acestep15').load_transformer(checkpoint_dir)")
         t = None if u is None else objective.timestep_from_normal(u.reshape(-1).expand(batch["target_latents"].shape[0]))
         return objective.flow_matching_loss(model, batch, getattr(model, SILENCE_BUFFER),
-                                            null_condition=getattr(model, NULL_BUFFER), generator=generator,
+                                            null_condition=getattr(model, NULL_BUFFER),
+                                            recipe=getattr(model, RECIPE_ATTR, None), generator=generator,
                                             noise=noise, t=t)
 
     def condition_tensors(self, checkpoint_dir: Path) -> dict[str, torch.Tensor]:

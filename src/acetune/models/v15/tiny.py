@@ -13,6 +13,10 @@ exercises the same code path (`model_index.json`, `from_pretrained` per componen
     <folder>/scheduler/               FlowMatchEulerDiscreteScheduler(num_train_timesteps=1)
 
 Nothing is downloaded: the tokenizer is built locally from the 256 byte symbols.
+
+`xl=True` gives the XL shape: a DiT wider (`TINY_XL_HIDDEN` 40) than the condition encoder's output
+(32), bridged by `encoder_hidden_size`, as the release's 2560-wide DiT on a 2048-wide encoder;
+`variant` ("turbo", "base", "sft") sets the DiT's `model_version` / `is_turbo`.
 """
 
 from __future__ import annotations
@@ -25,15 +29,19 @@ import torch
 TINY_ACOUSTIC_DIM = 8
 TINY_TEXT_DIM = 32
 TINY_HIDDEN = 32
+TINY_XL_HIDDEN = 40  # XL: DiT width / condition width = 2560 / 2048 = 1.25
 ENDOFTEXT = "<|endoftext|>"  # Qwen3's end/pad token; the 1.5 prompt templates spell it literally
 
 
-def tiny_transformer_config() -> dict:
+def tiny_transformer_config(xl: bool = False, variant: str = "turbo") -> dict:
     """`AceStepTransformer1DModel` kwargs: in_channels = src latents + chunk mask + noisy latents."""
-    return dict(hidden_size=TINY_HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1, head_dim=16, in_channels=3 * TINY_ACOUSTIC_DIM,
-                audio_acoustic_hidden_dim=TINY_ACOUSTIC_DIM, patch_size=2, sliding_window=8,
-                is_turbo=True, model_version="turbo")
+    config = dict(hidden_size=TINY_HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=16, in_channels=3 * TINY_ACOUSTIC_DIM,
+                  audio_acoustic_hidden_dim=TINY_ACOUSTIC_DIM, patch_size=2, sliding_window=8,
+                  is_turbo=variant == "turbo", model_version=variant)
+    if xl:
+        config.update(hidden_size=TINY_XL_HIDDEN, intermediate_size=80, encoder_hidden_size=TINY_HIDDEN)
+    return config
 
 
 def tiny_condition_encoder_config() -> dict:
@@ -77,7 +85,7 @@ def build_tiny_text_encoder(vocab_size: int):
     return Qwen3Model(config).eval()
 
 
-def build_tiny_pipeline(seed: int = 0):
+def build_tiny_pipeline(seed: int = 0, xl: bool = False, variant: str = "turbo"):
     """An `AceStepPipeline` of tiny seeded components (the caller's global RNG is left untouched)."""
     from diffusers import (
         AceStepConditionEncoder,
@@ -89,7 +97,7 @@ def build_tiny_pipeline(seed: int = 0):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer = AceStepTransformer1DModel(**tiny_transformer_config())
+        transformer = AceStepTransformer1DModel(**tiny_transformer_config(xl, variant))
         # Random init bounds the output: |proj_out(RMSNorm(h))| <= sqrt(width) * sigma_max(proj_out), below the
         # norm of a unit-variance velocity at width 32, so no adapter could fit it. A trained DiT has no such
         # limit; widen the output projection so the tiny model can be overfitted like the real one.
@@ -106,9 +114,9 @@ def build_tiny_pipeline(seed: int = 0):
                            condition_encoder=condition_encoder, scheduler=scheduler)
 
 
-def save_tiny_checkpoint_v15(folder: str | Path, seed: int = 0) -> Path:
+def save_tiny_checkpoint_v15(folder: str | Path, seed: int = 0, xl: bool = False, variant: str = "turbo") -> Path:
     """Write a tiny ACE-Step 1.5 pipeline folder (layout above) with seeded weights; returns `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    build_tiny_pipeline(seed).save_pretrained(folder, safe_serialization=True)
+    build_tiny_pipeline(seed, xl, variant).save_pretrained(folder, safe_serialization=True)
     return folder
