@@ -15,12 +15,14 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from acetune import cli, stopping
 from acetune.cli import arg
 from acetune.errors import TrainingError, UsageError
+from acetune.training.recipes import RECIPES
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ EXAMPLES = """examples:
   acetune train --dataset_path data/prep --checkpoint_dir ckpt --overfit_check
   # 12 GB GPU: int8 base weights
   acetune train --dataset_path data/prep --checkpoint_dir ckpt --int8
+  # train as the woct0rdho fork does (no condition dropout, bf16 LoRA, one prompt per song, ...)
+  acetune train --dataset_path data/prep --checkpoint_dir ckpt --recipe fork
 """
 
 DEFAULT_LORA_CONFIG = "config/lora_config_transformer_only.json"
@@ -61,6 +65,8 @@ class Args:
                        "reads r, alpha (or lora_alpha), target_modules and LoKr fields from --lora_config_path")
     output_dir: str = arg("", help="where step-NNNNNN/ checkpoints and logs go (default: checkpoints/<exp_name>)")
     exp_name: str = arg("acetune_lora", help="run name (wandb run, default output folder)")
+    recipe: str = arg("acetune", choices=tuple(RECIPES), help="named set of flag values, applied first; flags you "
+                      "set win. fork: as woct0rdho's trainer_new.py, upstream: as ace-step's trainer.py (docs/train.md)")
     # optimisation
     learning_rate: float = arg(1e-4, help="peak learning rate (Prodigy: a multiplier, usually 1.0)")
     weight_decay: float = arg(1e-2, help="decoupled weight decay")
@@ -80,6 +86,8 @@ class Args:
     text_dropout: float = arg(0.15, help="probability of training without the prompt (upstream trainer.py)")
     speaker_dropout: float = arg(0.5, help="probability of training without the speaker embedding")
     lyrics_dropout: float = arg(0.15, help="probability of training without the lyrics")
+    prompt_draw: str = arg("per_step", choices=("per_step", "once"), help="per_step: a stored prompt variant drawn "
+                           "every step (upstream); once: one variant per song for the whole run (the fork bakes one)")
     # model
     precision: str = arg("bf16-mixed", choices=tuple(PRECISIONS), help="bf16-mixed: bf16 base weights, fp32 LoRA, "
                          "bf16 autocast; bf16: LoRA in bf16 too; 32: everything fp32")
@@ -116,6 +124,8 @@ class Args:
     devices: int = arg(1, help="ignored: use `accelerate launch --num_processes N`")
     num_nodes: int = arg(1, help="ignored: use `accelerate launch`")
     reload_dataloaders_every_n_epochs: int = arg(0, help="ignored")
+    # flags the user set (command line or --config), filled by the CLI; `--recipe` leaves these alone
+    given_flags: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self):
         problems = []
@@ -230,10 +240,12 @@ def build_run(args: Args, echo=print):
     from acetune.training.loop import LoopConfig, TrainRun
     from acetune.training.lora import add_lora, init_lora_from_file, touches_lyric_encoder
     from acetune.training.optim import build_lr_scheduler, build_optimizer, optimizer_advice
+    from acetune.training.recipes import apply_recipe
     from acetune.training.resume import seed_everything
 
     checkpoint_dir = Path(args.checkpoint_dir)
     family = detect_family(checkpoint_dir)
+    apply_recipe(args, family.name)  # before anything reads a flag the recipe sets
     hf_dataset, meta = load_dataset(args.dataset_path)
     check_dataset(meta, family, checkpoint_dir, args.dataset_path)
     lora_config = _lora_config(args)
@@ -266,7 +278,7 @@ def build_run(args: Args, echo=print):
         echo(f"initialised {count} LoRA modules from {args.init_lora}")
     model.train()
 
-    dataset = SongDataset(hf_dataset, meta, use_ssl=use_ssl)
+    dataset = SongDataset(hf_dataset, meta, use_ssl=use_ssl, prompt_draw=args.prompt_draw, seed=args.seed)
     validation = None
     if args.validation_prompt:
         from acetune.training.validation import ValidationSpec
@@ -322,7 +334,7 @@ def header(run, freed: dict[str, int], args: Args) -> list[str]:
     cfg = run.config
     world = run.accelerator.num_processes
     lines = [
-        "***** acetune train *****",
+        f"***** acetune train (recipe {args.recipe}) *****",
         f"  family {run.family.name}, {len(run.dataset)} samples, SSL: {', '.join(run.dataset.ssl_names) or 'off'}",
         f"  steps {cfg.max_steps}, batch {cfg.batch_size} x {cfg.accumulate_grad_batches} accumulation x "
         f"{world} process(es), lr {args.learning_rate} ({args.optimizer}, warmup {args.warmup_steps})",
