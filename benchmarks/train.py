@@ -55,7 +55,7 @@ def build(name: str, dtype, device="cpu"):
     """Model with det_init weights, add_* dropped, rsLoRA r64 (fp32 LoRA over `dtype` weights)."""
     import torch
 
-    from acetune.models.v1.loading import build_transformer
+    from acetune.models.v1.transformer import build_transformer
     from acetune.parity.det_init import det_init_
     from acetune.training.lora import add_lora
 
