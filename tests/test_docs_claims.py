@@ -49,3 +49,13 @@ def test_train_memory_table_parameter_counts(golden):
     assert (round(add / 1e9, 2), round(add * 2 / 1e9, 2)) == (0.63, 1.26)
     assert (round(lyric / 1e6), round(lyric * 2 / 1e9, 2)) == (92, 0.18)
     assert (round(projectors / 1e6), round(projectors * 2 / 1e9, 2)) == (88, 0.18)
+
+
+def test_index_lists_every_audio_extension():
+    """docs/index.md and docs/build-dataset.md name the audio files build-dataset reads."""
+    from acetune.audio.io import AUDIO_EXTENSIONS
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    for page in ("index.md", "build-dataset.md"):
+        text = (docs / page).read_text(encoding="utf-8")
+        assert all(f"{ext} " in text or f"{ext}`" in text for ext in AUDIO_EXTENSIONS), page
