@@ -67,3 +67,10 @@ def test_every_phase_has_unit_dc_gain_and_zero_crossings(orig, new):
     assert torch.allclose(table.sum(-1), torch.ones(n, 1, dtype=torch.float64), atol=2e-3)
     # Phase 0 sits on input samples: its tap for the same sample is the peak, B/o.
     assert table[0, 0, reach].item() == pytest.approx(0.99 * min(o, n) / o)
+
+
+def test_output_length_rounds_the_ratio_to_float32_like_torchaudio():
+    from acetune.audio.resample import output_length
+
+    first = next(n for n in range(1, 200_000) if output_length(n, 160, 147) != math.ceil(n * 147 / 160))
+    assert first == 142_683 and output_length(first, 160, 147) == math.ceil(first * 147 / 160) - 1

@@ -78,8 +78,9 @@ def resample_kernel(orig_sr: int, new_sr: int, dtype: torch.dtype = torch.float3
 def output_length(length: int, orig: int, new: int) -> int:
     """ceil(length · new / orig) with the ratio rounded to float32 first, as torchaudio computes it.
 
-    For outputs beyond 2**24 samples (~6 min at 44.1 kHz) the float32 rounding can move the ceiling
-    by one sample; we keep it so lengths (and latent frame counts) match the reference.
+    When the exact ratio lies just above an integer (closer than float32's rounding step, x·2⁻²⁴),
+    the rounding lands on the integer and the result is one sample shorter than the exact ceiling;
+    e.g. 48 → 44.1 kHz first at 142,683 input samples (2.97 s). Kept so lengths match the reference.
     """
     return math.ceil(float(torch.tensor(new * length / orig, dtype=torch.float32)))
 
