@@ -4,8 +4,8 @@ APG (Sadat et al. 2024, "Eliminating Oversaturation and Artifacts of High Guidan
 Diffusion Models") changes how the guidance direction Δ = D(cond) − D(uncond) is added to the
 conditional prediction D(cond), in three steps per guided sampling step t:
 
-1. momentum: Δ̄_t = Δ_t + β·Δ̄_{t−1} (Δ̄ starts at 0). With β < 0 the update pushes away from the
-   directions already taken, which the paper finds reduces artifacts;
+1. momentum: Δ̄_t = Δ_t + β·Δ̄_{t−1} (Δ̄ starts at 0). With β < 0 ("reverse momentum") each step
+   subtracts part of the previous steps' direction, which counters the build-up of saturation;
 2. norm threshold: Δ̄ ← Δ̄ · min(1, r / ‖Δ̄‖), so one step never moves further than r;
 3. projection: split Δ̄ against D(cond) into Δ∥ = (⟨Δ̄, D⟩ / ⟨D, D⟩)·D and Δ⊥ = Δ̄ − Δ∥. The
    parallel part mostly raises saturation, so it is scaled down by η:

@@ -41,9 +41,9 @@ token ids depend on):
 "Number" means digits with at most one ".digits"; "digit" is any Unicode decimal digit, as Python's
 `\\d`. Stripping the sentinels removes every "^" at the start and every "$" at the end.
 
-Why not a library: cn2an (the maintained choice) writes 2000 as 二千, not 两千 (C5), and has no
-phone, digit-string or first-occurrence rules (R3, R4, R8, the quirk above); any of them changes
-token ids.
+Why not a library: cn2an 0.5.24 (the maintained choice; checked in a scratch environment) writes
+2000 as 二千 and 220 as 二百二十 (C5 wants 两), 05 as 五 (C4: 零五), and reads 13812345678 as a
+cardinal (R3 reads digits); it has no first-occurrence quirk either. Each changes token ids.
 """
 
 from __future__ import annotations
