@@ -334,7 +334,7 @@ def header(run, freed: dict[str, int], args: Args) -> list[str]:
     cfg = run.config
     world = run.accelerator.num_processes
     lines = [
-        f"***** acetune train (recipe {args.recipe}) *****",
+        "***** acetune train *****",
         f"  family {run.family.name}, {len(run.dataset)} samples, SSL: {', '.join(run.dataset.ssl_names) or 'off'}",
         f"  steps {cfg.max_steps}, batch {cfg.batch_size} x {cfg.accumulate_grad_batches} accumulation x "
         f"{world} process(es), lr {args.learning_rate} ({args.optimizer}, warmup {args.warmup_steps})",
@@ -342,7 +342,7 @@ def header(run, freed: dict[str, int], args: Args) -> list[str]:
         f"alpha {run.setup.config.get('lora_alpha', run.setup.config.get('alpha', 8))}, "
         f"{'rsLoRA, ' if run.setup.config.get('use_rslora') else ''}targets {', '.join(run.setup.config['target_modules'])}"
         f": {trainable:,} trainable of {resident:,} resident parameters",
-        f"  precision {args.precision}{', int8 base weights' if args.int8 else ''}, device {run.config.device}"
+        f"  recipe {args.recipe}, precision {args.precision}{', int8 base weights' if args.int8 else ''}, device {run.config.device}"
         f", lyrics cached: {'yes' if run.lyric_cache is not None else 'no'}",
         "  freed: " + (", ".join(f"{k} {v:,} params" for k, v in freed.items()) or "nothing"),
         f"  checkpoints: {cfg.output_dir} every {cfg.every_n_train_steps} steps, keep {cfg.save_last or 'all'}",
