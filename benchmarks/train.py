@@ -55,7 +55,7 @@ def build(name: str, dtype, device="cpu"):
     """Model with det_init weights, add_* dropped, rsLoRA r64 (fp32 LoRA over `dtype` weights)."""
     import torch
 
-    from acetune.models.v1.loading import build_transformer
+    from acetune.models.v1.transformer import build_transformer
     from acetune.parity.det_init import det_init_
     from acetune.training.lora import add_lora
 
@@ -211,7 +211,7 @@ def analytic_official(seconds: int = 360, ssl: bool = True, config: str = "offic
     model.lyric_embs = model.lyric_encoder = model.lyric_proj = None  # cached output instead
     base = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
     bf16 = sum(p.numel() for _, p in base) * 2
-    # int8 (`stages.train.quantize_int8`): every Linear and kernel-1 Conv1d weight inside the blocks ->
+    # int8 (`training.quantize.quantize_int8`): every Linear and kernel-1 Conv1d weight inside the blocks ->
     # 1 byte + one bf16 scale per output row
     quantized = [m.weight for m in model.transformer_blocks.modules()
                  if (isinstance(m, torch.nn.Linear) or (isinstance(m, torch.nn.Conv1d) and m.kernel_size == (1,)

@@ -37,7 +37,7 @@ def measure(name: str, length: str, ckpt: bool, dtype_name: str, repeats: int) -
     import torch
     from peft import LoraConfig
 
-    from acetune.models.v1.loading import build_transformer
+    from acetune.models.v1.transformer import build_transformer
     from acetune.parity.det_init import det_init_
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]

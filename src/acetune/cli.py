@@ -159,7 +159,19 @@ def parse_args(args_cls, argv: Sequence[str], prog: str, description: str | None
                 action.required = False
     ns = vars(parser.parse_args(list(argv)))
     ns.pop("config", None)
-    return args_cls(**ns)
+    args = args_cls(**ns)
+    if hasattr(args_cls, "given_flags"):  # the class wants to know which flags the user set (train --recipe)
+        args.given_flags = frozenset(_flags_on_command_line(args_cls, argv, prog) | set(data if config_path else ()))
+    return args
+
+
+def _flags_on_command_line(args_cls, argv: Sequence[str], prog: str) -> set[str]:
+    """Field names given in `argv` (any spelling or alias): a parse where nothing has a default."""
+    parser = build_parser(args_cls, prog, None)
+    for action in parser._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    given, _ = parser.parse_known_args(list(argv))
+    return set(vars(given)) - {"config"}
 
 
 _invocation: list[str] = []  # the running command's words, for "run this to continue" advice

@@ -20,11 +20,12 @@ from acetune.preprocessing.samples import (
 
 def test_prompt_variants_deterministic_per_key():
     tags = ["rock", "pop", "female vocals", "120 bpm"]
-    a = prompt_variants(tags, {"short": "a rock song"}, 4, song_rng("song1", 0))
-    assert a == prompt_variants(tags, {"short": "a rock song"}, 4, song_rng("song1", 0))
-    assert a != prompt_variants(tags, {"short": "a rock song"}, 4, song_rng("song2", 0))
-    assert len(a) == 4 and a[-1] == "a rock song"
-    assert all(sorted(p.split(", ")) == sorted(tags) for p in a[:3]) and len(set(a)) == 4
+    a = prompt_variants(tags, {}, 4, song_rng("song1", 0))
+    assert a == prompt_variants(tags, {}, 4, song_rng("song1", 0))
+    assert a != prompt_variants(tags, {}, 4, song_rng("song2", 0))
+    assert all(sorted(p.split(", ")) == sorted(tags) for p in a) and len(set(a)) == 4
+    with_recap = prompt_variants(tags, {"short": "a rock song"}, 4, song_rng("song1", 0))
+    assert len(with_recap) == 2 and with_recap[-1] == "a rock song"  # one tag order + the recaption
 
 
 def test_prompt_variants_edge_cases():
@@ -35,6 +36,33 @@ def test_prompt_variants_edge_cases():
     out = prompt_variants(["a", "b"], many, 4, rng)
     assert len(out) == 4 and out[1:] == ["caption 0", "caption 1", "caption 2"]  # one tag order always kept
     assert len(prompt_variants(["a", "b"], {}, 4, rng)) == 2  # only 2 distinct orders exist
+
+
+@pytest.mark.parametrize("n_recaptions", [0, 1, 2, 3])
+def test_prompt_draw_frequency_matches_upstream(n_recaptions):
+    """Upstream picks the tag string or one recaption uniformly (1/(R+1) each); the trainer's uniform draw
+    over the stored variants (`make_batch`) must give the same shares."""
+    import random
+
+    from acetune.training.data import Sample, make_batch
+
+    tags = ["rock", "pop", "piano"]
+    recaps = {f"r{i}": f"caption {i}" for i in range(n_recaptions)}
+    variants = prompt_variants(tags, recaps, 4, song_rng("song", 0))
+    k = len(variants)
+    sample = Sample(key="song", latents=torch.zeros(8, 16, 2), text_embeds=torch.arange(k).float()[:, None, None],
+                    text_mask=torch.ones(k, 1), lyric_ids=torch.zeros(1, dtype=torch.int64), lyric_mask=torch.zeros(1),
+                    speaker=torch.zeros(512))
+    random.seed(0)
+    draws = 6000
+    picked = [variants[int(make_batch([sample])["encoder_text_hidden_states"][0, 0, 0])] for _ in range(draws)]
+    is_recap = [p in recaps.values() for p in picked]
+    expected = n_recaptions / (n_recaptions + 1)
+    sigma = (expected * (1 - expected) / draws) ** 0.5
+    assert abs(sum(is_recap) / draws - expected) <= 4 * sigma + 1e-12
+    for text in recaps.values():  # and every recaption equally often
+        share = picked.count(text) / draws
+        assert abs(share - 1 / (n_recaptions + 1)) <= 4 * ((1 / (n_recaptions + 1)) * (1 - 1 / (n_recaptions + 1)) / draws) ** 0.5
 
 
 def test_windows_cover_the_song_with_full_length_windows():

@@ -88,7 +88,7 @@ def test_official_expectations_match_the_manifest(golden):
     from diffusers import AutoencoderDC
 
     from acetune.models.v1.dcae import official_dcae_config
-    from acetune.models.v1.loading import build_transformer, default_config
+    from acetune.models.v1.transformer import build_transformer, default_config
     from acetune.models.v1.vocoder import ADaMoSHiFiGANV1
 
     manifest = json.loads((golden / "v1_full_manifest.json").read_text())["models"]

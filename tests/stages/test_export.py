@@ -307,7 +307,7 @@ def test_resize_then_bake_for_comfyui(tmp_path, capsys):
 
 def test_golden_transformer_comfyui_and_merge(golden, tmp_path):
     try:
-        from acetune.models.v1.loading import load_transformer
+        from acetune.models.v1.transformer import ACEStepTransformer2DModel
         from acetune.parity.transformer import load_inputs, run_forward, tiny_model
     except ImportError as e:
         pytest.skip(f"v1 transformer not available yet: {e}")
@@ -343,7 +343,7 @@ def test_golden_transformer_comfyui_and_merge(golden, tmp_path):
     export("--input_name", g / "lora_weights.safetensors", "--lora_config_path", g / "lora_config.json", "--merge",
            "--checkpoint_dir", ckpt.parent, "--output_name", merged)
     with torch.no_grad():
-        got = run_forward(load_transformer(merged), inputs, capture=False)["sample"]
+        got = run_forward(ACEStepTransformer2DModel.from_pretrained(merged), inputs, capture=False)["sample"]
     assert rel_l2(got, want) <= TOL
 
 

@@ -240,7 +240,7 @@ def test_int8_base_weights(tiny, tmp_path):
 def test_pointwise_convs_as_linear_keep_the_output():
     """`--int8` first turns GLUMBConv's kernel-1 convs into linears (quanto has no Conv1d): same output."""
     from acetune.models.v1.transformer import ACEStepTransformer2DModel, tiny_transformer_config
-    from acetune.stages.train import as_linear_pointwise_convs
+    from acetune.training.quantize import as_linear_pointwise_convs
 
     torch.manual_seed(0)
     model = ACEStepTransformer2DModel(**tiny_transformer_config()).eval()

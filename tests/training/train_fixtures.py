@@ -33,8 +33,9 @@ def make_dataset(folder: Path, checkpoint: Path, *, songs: int = 3, frames: tupl
     datasets.disable_progress_bars()
     from acetune.models.v1.family import FAMILY
     from acetune.models.v1.loading import read_config
+    from acetune.models.v1.transformer import ACEStepTransformer2DModel
 
-    config = read_config(Path(checkpoint) / "ace_step_transformer")
+    config = read_config(ACEStepTransformer2DModel, Path(checkpoint) / "ace_step_transformer")
     text_dim, spk_dim = config["text_embedding_dim"], config["speaker_embedding_dim"]
     ssl_names = ("mert", "m-hubert") if ssl else ()
     ssl_dims = dict(zip(config["ssl_names"], config["ssl_latent_dims"]))

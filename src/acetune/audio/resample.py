@@ -1,14 +1,31 @@
-"""Band-limited resampling identical to torchaudio's `Resample` with its default settings.
+"""Band-limited resampling with the filter the ACE-Step v1 reference uses (torchaudio `Resample` defaults).
 
-torchaudio is not a dependency (see DEVELOPERS.md), but the reference (ACE-Step v1) resamples every
-clip with `torchaudio.transforms.Resample(orig, new)`: Hann-windowed sinc (`sinc_interp_hann`),
-`lowpass_filter_width` 6, `rolloff` 0.99. The DCAE latents depend on that exact filter, so this
-module rebuilds it in plain torch (mirrors torchaudio `_get_sinc_resample_kernel` and
-`_apply_sinc_resample_kernel`; the golden kernels in codec.safetensors check it at 1e-5).
+The reference resamples every clip with torchaudio's default filter, and the DCAE latents depend on
+it, so we rebuild that filter here (torchaudio itself is not a dependency). The facts taken over
+are the filter and the output length: a Hann-windowed sinc, 6 zero crossings each side, cut-off
+0.99 × the lower Nyquist, evaluated on the gcd-reduced rates, output length ceil(T · new / orig)
+with the ratio rounded to float32 first.
 
-Method: reduce both rates by their gcd to (o, n). Output sample j of every block of n outputs is a
-dot product of a (2·width + o)-tap window of the input (polyphase filter bank of n kernels), run as
-one strided `conv1d` with stride o. Output length is ceil(L · n / o).
+Derivation. Divide both rates by their gcd g: in one time unit u = 1/g s the input has o samples
+and the output n. Output sample j = b·n + p (block b, phase p) sits at time b + p/n; input sample
+i = b·o + m sits at time b + m/o. Their distance d = m/o − p/n does not depend on the block, so all
+outputs of phase p use the same weights. The ideal low-pass of bandwidth B (twice its cut-off
+frequency, in samples per u) weights input sample i by
+
+    h(d) = (B / o) · sinc(B·d),   sinc(x) = sin(πx) / (πx),
+
+where x = B·d counts the sinc's zero crossings and B/o gives unit gain at DC. We take
+B = 0.99·min(o, n) (just below the lower Nyquist), keep |x| ≤ Z = 6 and taper with the Hann window
+cos²(πx / 2Z) = (1 + cos(πx/Z)) / 2, which is 0 at |x| = Z. |x| ≤ Z reaches W = ceil(Z·o / B)
+input samples on each side, so block b needs input samples b·o − W … b·o + o + W − 1: K = 2W + o
+taps, sliding by o samples per block.
+
+The phase table T[p, k] = h(x) at d = (k − W)/o − p/n (k = 0 … K−1) turns the resampler into one
+strided correlation: pad the clip with W zeros in front and W + o behind, correlate with the n
+rows of T at stride o (output (B, n, blocks)), read the result block by block (phase fastest), and
+keep the first ceil(T·n/o) samples. The table is built in float64 and rounded to the signal dtype
+once; the per-phase shift p/n is rounded to float32 before use, which is how torchaudio forms it,
+so the table matches its kernel to the last float32 bit on the golden rates.
 """
 
 from __future__ import annotations
@@ -19,74 +36,73 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-LOWPASS_FILTER_WIDTH = 6
-ROLLOFF = 0.99
+ZERO_CROSSINGS = 6  # Z: sinc lobes kept on each side of the centre
+BANDWIDTH_FRACTION = 0.99  # B / min(o, n): the pass band ends just below the lower Nyquist
+
+
+def _hann_sinc(x: torch.Tensor, bandwidth: float, orig: int) -> torch.Tensor:
+    """h = (B/o) · sinc(x) · cos²(πx / 2Z), zero outside |x| ≤ Z (x = B·d, in sinc zero crossings)."""
+    x = x.clamp(-ZERO_CROSSINGS, ZERO_CROSSINGS)  # at |x| = Z the window is 0, so clamping zeroes the tail
+    taper = torch.cos(x * math.pi / ZERO_CROSSINGS / 2) ** 2
+    return torch.sinc(x) * taper * (bandwidth / orig)
 
 
 @lru_cache(maxsize=32)
-def _kernel_cpu(orig: int, new: int, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
-    """Polyphase kernel (new, 1, 2·width + orig) for gcd-reduced rates, and `width`.
-
-    Mirrors torchaudio `_get_sinc_resample_kernel(..., dtype=None)` as `Resample` calls it: the
-    arithmetic runs in float64 (the per-phase offsets k/new are first rounded to float32, as there)
-    and the kernel is then cast to `dtype`.
-    """
-    base_freq = min(orig, new) * ROLLOFF  # cut-off just below the lower Nyquist
-    width = math.ceil(LOWPASS_FILTER_WIDTH * orig / base_freq)  # taps on each side, in input samples
-    idx = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig  # (1, 1, K)
-    # torchaudio builds the phase offsets with an integer arange divided in the default float32.
-    phase = torch.arange(0, -new, -1).to(torch.float32)[:, None, None] / new  # (new, 1, 1)
-    t = (phase.to(torch.float64) + idx) * base_freq  # (new, 1, K), in units of the cut-off period
-    t = t.clamp(-LOWPASS_FILTER_WIDTH, LOWPASS_FILTER_WIDTH)
-    window = torch.cos(t * math.pi / LOWPASS_FILTER_WIDTH / 2) ** 2  # Hann over [-width, width]
-    t = t * math.pi
-    scale = base_freq / orig  # unity gain at DC
-    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t)
-    kernel = sinc * window * scale
-    return kernel.to(dtype), width
+def _phase_table(orig: int, new: int, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """Rows T[p] for gcd-reduced rates (orig, new): (new, 1, 2W + orig) in `dtype`, and W."""
+    bandwidth = BANDWIDTH_FRACTION * min(orig, new)
+    reach = math.ceil(ZERO_CROSSINGS * orig / bandwidth)  # W: input samples needed on each side
+    tap_time = torch.arange(-reach, reach + orig, dtype=torch.float64) / orig  # (K,) (k − W)/o
+    phase_shift = (torch.arange(new, dtype=torch.float32) / new).to(torch.float64)  # (n,) p/n, float32-rounded
+    distance = tap_time[None, :] - phase_shift[:, None]  # (n, K) d in time units u
+    table = _hann_sinc(distance * bandwidth, bandwidth, orig)
+    return table.to(dtype)[:, None, :], reach
 
 
 def resample_kernel(orig_sr: int, new_sr: int, dtype: torch.dtype = torch.float32,
                     device: torch.device | str | None = None) -> tuple[torch.Tensor, int, int]:
-    """The torchaudio `Resample(orig_sr, new_sr)` kernel.
+    """The phase table for `orig_sr` → `new_sr` (equal to torchaudio's `Resample` kernel).
 
     Returns:
-        (kernel (n, 1, 2·width + o), width, gcd) where o, n are the rates divided by their gcd.
-        e.g. 48000→44100: gcd 300, kernel (147, 1, 174), width 7.
+        (table (n, 1, 2W + o), W, gcd) where o, n are the rates divided by their gcd.
+        e.g. 48000→44100: gcd 300, table (147, 1, 174), W 7.
     """
     orig_sr, new_sr = int(orig_sr), int(new_sr)
     if orig_sr <= 0 or new_sr <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
     g = math.gcd(orig_sr, new_sr)
-    kernel, width = _kernel_cpu(orig_sr // g, new_sr // g, dtype)
-    if device is not None:
-        kernel = kernel.to(device)
-    return kernel, width, g
+    table, reach = _phase_table(orig_sr // g, new_sr // g, dtype)
+    return (table if device is None else table.to(device)), reach, g
+
+
+def output_length(length: int, orig: int, new: int) -> int:
+    """ceil(length · new / orig) with the ratio rounded to float32 first, as torchaudio computes it.
+
+    When the exact ratio lies just above an integer (closer than float32's rounding step, x·2⁻²⁴),
+    the rounding lands on the integer and the result is one sample shorter than the exact ceiling;
+    e.g. 48 → 44.1 kHz first at 142,683 input samples (2.97 s). Kept so lengths match the reference.
+    """
+    return math.ceil(float(torch.tensor(new * length / orig, dtype=torch.float32)))
 
 
 def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
-    """Resample along the last axis exactly like `torchaudio.transforms.Resample(orig_sr, new_sr)`.
+    """Resample along the last axis with the reference's filter and output length.
 
     Args:
         wav: (..., T) floating tensor (any leading shape, any device).
         orig_sr, new_sr: sample rates in Hz (integers).
     Returns:
         (..., ceil(T · new_sr / orig_sr)) tensor of the same dtype and device; `wav` itself when the
-        rates are equal (torchaudio returns the input unchanged too).
+        rates are equal.
     """
     if int(orig_sr) == int(new_sr):
         return wav
     if not wav.is_floating_point():
         raise TypeError(f"resample needs a floating tensor, got {wav.dtype}")
-    kernel, width, g = resample_kernel(orig_sr, new_sr, wav.dtype, wav.device)
+    table, reach, g = resample_kernel(orig_sr, new_sr, wav.dtype, wav.device)
     orig, new = int(orig_sr) // g, int(new_sr) // g
-    shape = wav.shape
-    x = wav.reshape(-1, shape[-1])  # (B, T)
-    length = x.shape[-1]
-    x = F.pad(x, (width, width + orig))  # zeros outside the clip, as torchaudio does
-    y = F.conv1d(x[:, None], kernel, stride=orig)  # (B, new, blocks): phase-major
-    y = y.transpose(1, 2).reshape(x.shape[0], -1)  # interleave phases -> (B, blocks·new)
-    # torchaudio: ceil(torch.as_tensor(new * length / orig)), i.e. the ratio rounded to float32
-    # first; for outputs beyond 2**23 samples that can differ from the exact ceiling.
-    target = int(torch.ceil(torch.as_tensor(new * length / orig, dtype=torch.float32)).item())
-    return y[:, :target].reshape(*shape[:-1], -1)
+    *lead, length = wav.shape
+    clip = F.pad(wav.reshape(-1, 1, length), (reach, reach + orig))  # (B, 1, W + T + W + o), zeros outside
+    per_phase = F.conv1d(clip, table, stride=orig)  # (B, n, blocks): row p holds phase p of every block
+    interleaved = per_phase.mT.flatten(1)  # (B, blocks · n): block by block, phase fastest
+    return interleaved[:, :output_length(length, orig, new)].reshape(*lead, -1)

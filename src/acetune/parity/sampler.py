@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from acetune.models.v1.loading import build_transformer, config_kwargs, load_weights
+from acetune.models.v1.loading import config_kwargs, load_weights
 from acetune.models.v1.sampler import (
     SamplerSettings,
     generators_from_seeds,
     latent_frames,
     text2music_latents,
 )
+from acetune.models.v1.transformer import ACEStepTransformer2DModel, build_transformer
 from acetune.parity.det_init import det_init_
 from acetune.parity.registry import Row, golden_case, row_exact, row_rel
 
@@ -32,7 +33,7 @@ TOL = 1e-4  # README: sampler final latents and per-step tensors (APG at guidanc
 
 def _model(golden: Path, spec: dict):
     config_path = golden / spec["config"]
-    model = build_transformer(config_kwargs(json.loads(config_path.read_text()), config_path))
+    model = build_transformer(config_kwargs(ACEStepTransformer2DModel, json.loads(config_path.read_text()), config_path))
     if spec["weights"].startswith("v1_transformer_tiny/"):
         det_init_(model)  # that weights file is exactly det_init (README); no need to read it
     else:

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from acetune.models.v1.family import FAMILY
 from acetune.models.v1.flow import add_noise, timestep_indices_from_u
-from acetune.models.v1.loading import build_transformer, config_kwargs
+from acetune.models.v1.loading import config_kwargs
+from acetune.models.v1.transformer import ACEStepTransformer2DModel, build_transformer
 from acetune.parity.det_init import det_init_
 from acetune.parity.registry import Row, golden_case, row_abs, row_exact, row_rel
 
@@ -54,7 +55,7 @@ def build_step_model(golden: Path):
     tiny = Path(golden) / "v1_transformer_tiny"
     folder = Path(golden) / "v1_train_step_tiny"
     config = json.loads((tiny / "config.json").read_text())
-    model = build_transformer(config_kwargs(config, tiny / "config.json"), device="cpu")
+    model = build_transformer(config_kwargs(ACEStepTransformer2DModel, config, tiny / "config.json"), device="cpu")
     det_init_(model)
     meta = json.loads((folder / "meta.json").read_text())
     lora_config = json.loads((folder / "lora_config.json").read_text())

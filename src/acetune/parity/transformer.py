@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from acetune.models.v1.loading import build_transformer, config_kwargs, load_weights
-from acetune.models.v1.transformer import ACEStepTransformer2DModel
+from acetune.models.v1.loading import config_kwargs, load_weights
+from acetune.models.v1.transformer import ACEStepTransformer2DModel, build_transformer
 from acetune.parity.det_init import det_init_
 from acetune.parity.registry import Row, golden_case, row_abs, row_norm, row_rel
 
@@ -43,7 +43,7 @@ def load_inputs(path: Path) -> dict:
 def tiny_model(folder: Path, dtype: torch.dtype = torch.float32) -> ACEStepTransformer2DModel:
     """The tiny golden model: its config.json plus weights.safetensors, through the real loader."""
     config = json.loads((folder / "config.json").read_text())
-    model = build_transformer(config_kwargs(config, folder / "config.json"))
+    model = build_transformer(config_kwargs(ACEStepTransformer2DModel, config, folder / "config.json"))
     load_weights(model, [folder / "weights.safetensors"], dtype=dtype)
     return model.eval()
 
@@ -114,7 +114,7 @@ def tiny_case(golden: Path) -> list[Row]:
     case = "v1_transformer_tiny"
     model = tiny_model(folder)
     stored = load_file(str(folder / "weights.safetensors"))
-    fresh = build_transformer(config_kwargs(json.loads((folder / "config.json").read_text())))
+    fresh = build_transformer(config_kwargs(ACEStepTransformer2DModel, json.loads((folder / "config.json").read_text())))
     det_init_(fresh)
     det = dict(fresh.named_parameters())
     worst = max(row_rel(case, k, det[k], v, 0.0).value for k, v in stored.items())
@@ -134,7 +134,7 @@ def full_case(golden: Path) -> list[Row]:
     """Official-size model with det_init weights (~14 GB RAM in fp32), N=1, 8 frames."""
     folder = Path(golden) / "v1_transformer_full"
     meta = json.loads((folder / "meta.json").read_text())
-    model = build_transformer(config_kwargs(meta["config"], folder / "meta.json"))
+    model = build_transformer(config_kwargs(ACEStepTransformer2DModel, meta["config"], folder / "meta.json"))
     det_init_(model)
     model.eval()
     with torch.no_grad():

@@ -1,12 +1,16 @@
 """Per-song inputs of the preprocess stage: prompt variants, crop/split windows, speaker embedding.
 
-Prompt variants keep the upstream trainer's prompt augmentation (`Text2MusicDataset.process`: the
-tags shuffled and joined with ", " — `["music"]` when there are none — or, with equal chance, one
-of the non-empty recaptions) without re-running UMT5 during training: the text embeddings of K
-variants are stored and the trainer draws one per step. Variants are every recaption (sorted by
-name) plus distinct shuffled tag orders up to K (at least one tag order), duplicates removed, so a
-song with one tag and no recaption has a single variant. The shuffles come from a RNG seeded with
-the song key and `--seed`, so reruns and shards produce identical prompts.
+Prompt variants reproduce the upstream prompt draw (`Text2MusicDataset.process`) without running
+UMT5 during training. Upstream, every time a song is loaded, it shuffles the tags and joins them
+with ", " (`["music"]` when there are none), puts that string in a list after the song's R
+non-empty recaptions, and picks one entry uniformly: the tag string with probability 1/(R+1), each
+recaption with 1/(R+1). We store the text embeddings of K variants and the trainer draws one
+uniformly per step (`training.data.make_batch`), so the stored list is chosen to give those
+probabilities: a song with recaptions stores ONE tag order plus its recaptions (up to K − 1 of
+them, sorted by name; with R > K − 1 the rest are not stored and a recaption's share becomes
+1/K); a song without recaptions stores up to K distinct tag orders (more shuffles, same 100 %
+tag-string share). Duplicates are removed. The shuffles come from a RNG seeded with the song key
+and `--seed`, so reruns and shards produce identical prompts.
 """
 
 from __future__ import annotations
@@ -31,14 +35,15 @@ def song_rng(key: str, seed: int) -> random.Random:
 
 
 def prompt_variants(tags: list[str], recaption: dict[str, str], k: int, rng: random.Random) -> list[str]:
-    """Up to `k` distinct prompts: recaptions (sorted by name), then shuffled tag orders.
+    """Up to `k` distinct prompts: shuffled tag orders, then recaptions (sorted by name).
 
-    At least one tag order is kept even when there are `k` or more recaptions (the reference
-    always offers it). Prompts are not cut here; the text encoder's "dataset" path cuts to 256 chars.
+    With recaptions: one tag order and up to k − 1 recaptions; without: up to k tag orders (module
+    docstring: a uniform draw over the list then matches upstream's 1/(R+1) per option). Prompts
+    are not cut here; the text encoder's "dataset" path cuts to 256 chars.
     """
     tags = list(tags) or ["music"]
     recaps = [v for _, v in sorted(recaption.items()) if isinstance(v, str) and v]
-    n_orders = max(1, k - len(recaps))
+    n_orders = 1 if recaps else k
     recaps = recaps[: k - n_orders]
     orders: list[str] = []
     max_distinct = math.factorial(min(len(tags), 10))

@@ -193,14 +193,15 @@ def _norm(v):
 
 def check_transformer(root: Path, report: Report) -> dict | None:
     from acetune.errors import CheckpointError
-    from acetune.models.v1.loading import build_transformer, config_kwargs, default_config
+    from acetune.models.v1.loading import config_kwargs
+    from acetune.models.v1.transformer import ACEStepTransformer2DModel, build_transformer, default_config
 
     folder = root / V1_TRANSFORMER_DIR
     config = _read_config(folder, report)
     if config is None:
         return None
     try:
-        kwargs = config_kwargs(config, folder / CONFIG_FILE)
+        kwargs = config_kwargs(ACEStepTransformer2DModel, config, folder / CONFIG_FILE)
     except CheckpointError as err:
         report.problem(folder / CONFIG_FILE, err.reason, err.fix or f"download {folder.name}/ again")
         return None

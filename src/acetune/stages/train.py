@@ -15,12 +15,14 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from acetune import cli, stopping
 from acetune.cli import arg
 from acetune.errors import TrainingError, UsageError
+from acetune.training.recipes import RECIPES
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ EXAMPLES = """examples:
   acetune train --dataset_path data/prep --checkpoint_dir ckpt --overfit_check
   # 12 GB GPU: int8 base weights
   acetune train --dataset_path data/prep --checkpoint_dir ckpt --int8
+  # train as the woct0rdho fork does (no condition dropout, bf16 LoRA, one prompt per song, ...)
+  acetune train --dataset_path data/prep --checkpoint_dir ckpt --recipe fork
 """
 
 DEFAULT_LORA_CONFIG = "config/lora_config_transformer_only.json"
@@ -61,6 +65,8 @@ class Args:
                        "reads r, alpha (or lora_alpha), target_modules and LoKr fields from --lora_config_path")
     output_dir: str = arg("", help="where step-NNNNNN/ checkpoints and logs go (default: checkpoints/<exp_name>)")
     exp_name: str = arg("acetune_lora", help="run name (wandb run, default output folder)")
+    recipe: str = arg("acetune", choices=tuple(RECIPES), help="named set of flag values, applied first; flags you "
+                      "set win. fork: as woct0rdho's trainer_new.py, upstream: as ace-step's trainer.py (docs/train.md)")
     # optimisation
     learning_rate: float = arg(1e-4, help="peak learning rate (Prodigy: a multiplier, usually 1.0)")
     weight_decay: float = arg(1e-2, help="decoupled weight decay")
@@ -87,6 +93,8 @@ class Args:
                                     "with the checkpoint's null embedding (CFG training). Default from the "
                                     "variant: turbo 0, base/sft 0.15 (training_v2). 1.5 ignores the three "
                                     "v1 dropouts above")
+    prompt_draw: str = arg("per_step", choices=("per_step", "once"), help="per_step: a stored prompt variant drawn "
+                           "every step (upstream); once: one variant per song for the whole run (the fork bakes one)")
     # model
     precision: str = arg("bf16-mixed", choices=tuple(PRECISIONS), help="bf16-mixed: bf16 base weights, fp32 LoRA, "
                          "bf16 autocast; bf16: LoRA in bf16 too; 32: everything fp32")
@@ -129,6 +137,8 @@ class Args:
     devices: int = arg(1, help="ignored: use `accelerate launch --num_processes N`")
     num_nodes: int = arg(1, help="ignored: use `accelerate launch`")
     reload_dataloaders_every_n_epochs: int = arg(0, help="ignored")
+    # flags the user set (command line or --config), filled by the CLI; `--recipe` leaves these alone
+    given_flags: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self):
         problems = []
@@ -198,47 +208,6 @@ def check_dataset(meta, family, checkpoint_dir: Path, dataset_path: str) -> None
                             fix="preprocess the songs again with this --checkpoint_dir")
 
 
-class PointwiseConv(torch.nn.Module):
-    """A kernel-1 Conv1d as a Linear over channels, so quanto (which has no Conv1d) can quantize it.
-
-    x (B, C_in, S) -> (B, C_out, S); same arithmetic as the convolution it replaces.
-    """
-
-    def __init__(self, conv: torch.nn.Conv1d):
-        super().__init__()
-        self.linear = torch.nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None,
-                                      device=conv.weight.device, dtype=conv.weight.dtype)
-        with torch.no_grad():
-            self.linear.weight.copy_(conv.weight[:, :, 0])
-            if conv.bias is not None:
-                self.linear.bias.copy_(conv.bias)
-        self.linear.requires_grad_(conv.weight.requires_grad)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x.transpose(1, 2)).transpose(1, 2)
-
-
-def as_linear_pointwise_convs(model: torch.nn.Module) -> int:
-    """Swap every ungrouped kernel-1 Conv1d inside the blocks (GLUMBConv's inverted/point convs: a third
-    of the official model) for `PointwiseConv`; returns the count. Module paths are unchanged."""
-    count = 0
-    for module in list(model.transformer_blocks.modules()):
-        conv = getattr(module, "conv", None)
-        if isinstance(conv, torch.nn.Conv1d) and conv.kernel_size == (1,) and conv.groups == 1:
-            module.conv = PointwiseConv(conv)
-            count += 1
-    return count
-
-
-def quantize_int8(model: torch.nn.Module) -> int:
-    """int8 weights for every Linear and pointwise conv of the transformer blocks (optimum-quanto); returns
-    the number of quantized layers. Apply before the LoRA is added."""
-    from acetune.training.quantize import quantize_linears_int8
-
-    as_linear_pointwise_convs(model)  # quanto has no Conv1d: make GLUMBConv's pointwise convs Linears first
-    return quantize_linears_int8(model.transformer_blocks)
-
-
 def build_run(args: Args, echo=print):
     """Load everything `fit` needs: model + LoRA, dataset, caches, optimizer, schedule, logger."""
     from accelerate import Accelerator
@@ -253,11 +222,14 @@ def build_run(args: Args, echo=print):
     from acetune.training.loop import LoopConfig, TrainRun
     from acetune.training.lora import add_lora, init_lora_from_file, touches_lyric_encoder
     from acetune.training.optim import build_lr_scheduler, build_optimizer, optimizer_advice
+    from acetune.training.quantize import quantize_int8
+    from acetune.training.recipes import apply_recipe
     from acetune.training.resume import seed_everything
     from acetune.training.val_loss import held_out_songs
 
     checkpoint_dir = Path(args.checkpoint_dir)
     family = detect_family(checkpoint_dir)
+    apply_recipe(args, family.name)  # before anything reads a flag the recipe sets
     hf_dataset, meta = load_dataset(args.dataset_path)
     check_dataset(meta, family, checkpoint_dir, args.dataset_path)
     lora_config = _lora_config(args)
@@ -302,7 +274,7 @@ def build_run(args: Args, echo=print):
         hf_dataset, meta, split=args.validation_split, dataset_path=args.validation_dataset,
         every=args.validation_every, seed=args.validation_seed, save_every=args.every_n_train_steps,
         check=lambda other, path: check_dataset(other, family, checkpoint_dir, path))
-    dataset = SongDataset(hf_dataset, meta, use_ssl=use_ssl)
+    dataset = SongDataset(hf_dataset, meta, use_ssl=use_ssl, prompt_draw=args.prompt_draw, seed=args.seed)
     validation = None
     if args.validation_prompt:
         from acetune.training.validation import ValidationSpec
@@ -386,7 +358,7 @@ def header(run, freed: dict[str, int], args: Args) -> list[str]:
         f"alpha {run.setup.config.get('lora_alpha', run.setup.config.get('alpha', 8))}, "
         f"{'rsLoRA, ' if run.setup.config.get('use_rslora') else ''}targets {', '.join(run.setup.config['target_modules'])}"
         f": {trainable:,} trainable of {resident:,} resident parameters",
-        f"  precision {args.precision}{', int8 base weights' if args.int8 else ''}, device {run.config.device}"
+        f"  recipe {args.recipe}, precision {args.precision}{', int8 base weights' if args.int8 else ''}, device {run.config.device}"
         f", lyrics cached: {'yes' if run.lyric_cache is not None else 'no'}",
         "  freed: " + (", ".join(f"{k} {v:,} params" for k, v in freed.items()) or "nothing"),
         *([_recipe_line(run.train_config["v15_recipe"])] if "v15_recipe" in run.train_config else []),

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from acetune.dataset import schema
+from acetune.preprocessing.samples import song_rng
 
 
 @dataclass
@@ -82,18 +83,31 @@ def decode_row(row: dict, storage: str, ssl_names: tuple[str, ...] | list[str] =
 
 
 class SongDataset(torch.utils.data.Dataset):
-    """Map-style view of a preprocessed dataset; rows are decoded on access (Arrow is memory-mapped)."""
+    """Map-style view of a preprocessed dataset; rows are decoded on access (Arrow is memory-mapped).
 
-    def __init__(self, hf_dataset, meta: schema.DatasetMeta, use_ssl: bool = True):
+    `prompt_draw="once"` keeps one prompt variant per sample for the whole run, chosen uniformly from
+    the sample key and `seed` (so resumes and DDP ranks agree), as the fork bakes one prompt per song
+    when it preprocesses; "per_step" keeps all K and `make_batch` draws one each step.
+    """
+
+    def __init__(self, hf_dataset, meta: schema.DatasetMeta, use_ssl: bool = True, prompt_draw: str = "per_step",
+                 seed: int = 0):
         self.rows = hf_dataset
         self.meta = meta
         self.ssl_names = tuple(n for n in meta.ssl_names if n in schema.SSL_NAMES) if use_ssl else ()
+        if prompt_draw not in ("per_step", "once"):
+            raise ValueError(f"prompt_draw must be 'per_step' or 'once', not {prompt_draw!r}")
+        self.prompt_draw, self.seed = prompt_draw, seed
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> Sample:
-        return decode_row(self.rows[int(index)], self.meta.storage_dtype, self.ssl_names)
+        sample = decode_row(self.rows[int(index)], self.meta.storage_dtype, self.ssl_names)
+        if self.prompt_draw == "once":
+            k = song_rng(sample.key, self.seed).randrange(sample.text_embeds.shape[0])
+            sample.text_embeds, sample.text_mask = sample.text_embeds[k:k + 1], sample.text_mask[k:k + 1]
+        return sample
 
 
 def _pad_stack(tensors: list[torch.Tensor], length: int, value: float = 0.0) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from acetune.models.v1.apg import MomentumBuffer, apg_forward, cfg_forward, project
+from acetune.models.v1.apg import AdaptiveProjectedGuidance, classifier_free_guidance, split_along
 from acetune.models.v1.flow import (
     add_noise,
     euler_step,
@@ -99,15 +99,26 @@ def test_euler_step_couples_the_batch_mean_and_keeps_dtype():
 def test_apg_momentum_clip_and_projection():
     g = torch.Generator().manual_seed(2)
     cond, uncond = torch.randn(1, 8, 16, 5, generator=g), torch.randn(1, 8, 16, 5, generator=g)
-    buf = MomentumBuffer()
-    first = apg_forward(cond, uncond, 15.0, buf)
-    torch.testing.assert_close(buf.running_average, cond - uncond)
-    apg_forward(cond, uncond, 15.0, buf)
-    torch.testing.assert_close(buf.running_average, (cond - uncond) * 0.25)  # d + (-0.75)·d
+    apg = AdaptiveProjectedGuidance()
+    first = apg(cond, uncond, 15.0)
+    torch.testing.assert_close(apg.average, cond - uncond)
+    apg(cond, uncond, 15.0)
+    torch.testing.assert_close(apg.average, (cond - uncond) * 0.25)  # d + (-0.75)·d
     # The guidance part is orthogonal to cond and at most (g - 1)·2.5 long per (item, channel).
     delta = (first - cond).double()
     assert (delta * cond).sum(dim=(-1, -2)).abs().max() < 1e-4
     assert delta.norm(dim=(-1, -2)).max() <= 14 * 2.5 + 1e-4
-    par, orth = project(cond - uncond, cond)
+    par, orth = split_along(cond - uncond, cond)
     torch.testing.assert_close(par + orth, cond - uncond)
-    torch.testing.assert_close(cfg_forward(cond, uncond, 1.0), cond)
+    torch.testing.assert_close(classifier_free_guidance(cond, uncond, 1.0), cond)
+
+
+def test_apg_small_guidance_is_not_clipped_and_keeps_the_parallel_part_with_eta():
+    """Below the threshold the update is Δ itself; with η = 1 and no momentum APG is plain CFG."""
+    g = torch.Generator().manual_seed(3)
+    cond = torch.randn(2, 8, 16, 5, generator=g, dtype=torch.float64)
+    uncond = cond - 1e-3 * torch.randn(2, 8, 16, 5, generator=g, dtype=torch.float64)
+    apg = AdaptiveProjectedGuidance(momentum=0.0, parallel_weight=1.0)
+    torch.testing.assert_close(apg(cond, uncond, 7.0), classifier_free_guidance(cond, uncond, 7.0))
+    along, across = split_along(cond - uncond, torch.zeros_like(cond))
+    assert torch.equal(along, torch.zeros_like(cond)) and torch.equal(across, cond - uncond)

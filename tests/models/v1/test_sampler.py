@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from acetune.models.v1.loading import build_transformer, config_kwargs
+from acetune.models.v1.loading import config_kwargs
 from acetune.models.v1.sampler import (
     SamplerSettings,
     generators_from_seeds,
@@ -15,6 +15,7 @@ from acetune.models.v1.sampler import (
     scaled_outputs,
     text2music_latents,
 )
+from acetune.models.v1.transformer import ACEStepTransformer2DModel, build_transformer
 from acetune.parity.det_init import det_init_
 from acetune.parity.registry import run_case
 from golden_checks import assert_rows_pass
@@ -29,7 +30,7 @@ def test_golden_v1_sampler(golden):
 @pytest.fixture(scope="module")
 def tiny(golden):
     config = json.loads((golden / "v1_transformer_tiny" / "config.json").read_text())
-    model = build_transformer(config_kwargs(config))
+    model = build_transformer(config_kwargs(ACEStepTransformer2DModel, config))
     det_init_(model)
     return model.eval()
 

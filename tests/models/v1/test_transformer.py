@@ -8,8 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from acetune.models.v1.loading import build_transformer, config_kwargs
-from acetune.models.v1.transformer import ACEStepTransformer2DModel, tiny_transformer_config
+from acetune.models.v1.loading import config_kwargs
+from acetune.models.v1.transformer import (
+    ACEStepTransformer2DModel,
+    build_transformer,
+    tiny_transformer_config,
+)
 from acetune.parity import transformer as parity
 from acetune.parity.registry import run_case
 from golden_checks import assert_rows_pass
@@ -42,7 +46,7 @@ def test_selftest_command_runs_the_case(golden, capsys):
 
 def test_tiny_config_matches_golden(tiny):
     cfg = json.loads((tiny / "config.json").read_text())
-    assert config_kwargs(cfg) == {k: v for k, v in cfg.items() if not k.startswith("_")} | {"inner_dim": 64}
+    assert config_kwargs(ACEStepTransformer2DModel, cfg) == {k: v for k, v in cfg.items() if not k.startswith("_")} | {"inner_dim": 64}
     ours = tiny_transformer_config()
     assert all(cfg[k] == v for k, v in ours.items())
 
@@ -144,7 +148,7 @@ def test_encode_separately_and_cached_lyrics(tiny):
 def test_state_dict_matches_official_manifest(golden):
     """The official config built on meta: every key, shape and kind equals the manifest."""
     manifest = json.loads((golden / "v1_full_manifest.json").read_text())["models"]["ace_step_transformer"]
-    model = build_transformer(config_kwargs(manifest["config"]))
+    model = build_transformer(config_kwargs(ACEStepTransformer2DModel, manifest["config"]))
     params = dict(model.named_parameters())
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: v["shape"] for k, v in manifest["keys"].items()}

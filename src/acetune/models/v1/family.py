@@ -8,26 +8,21 @@ from pathlib import Path
 
 import torch
 
-from acetune.errors import CheckpointError
 from acetune.layout import (
     CONFIG_FILE,
-    V1_COMPONENT_DIRS,
     V1_DCAE_DIR,
     V1_TEXT_ENCODER_DIR,
     V1_TRANSFORMER_DIR,
     V1_VOCODER_DIR,
 )
-from acetune.models.v1.loading import default_config, load_transformer, read_config, weight_files
+from acetune.models.v1.loading import check_checkpoint, read_config
+from acetune.models.v1.transformer import ACEStepTransformer2DModel, default_config
 
 # The fork's `trainer_new.py` default (config/lora_config_transformer_only.json): both attentions of
 # every transformer block. Adding the Conformer's attention gives the fork's lora_config.json.
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_TARGETS_WITH_LYRICS = LORA_TARGETS + ("linear_q", "linear_k", "linear_v")
 
-# Files the text encoder folder must hold (as the official release ships it).
-TEXT_ENCODER_FILES = ("config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
-                      "tokenizer_config.json")
-_FIX = "download the complete ACE-Step/ACE-Step-v1-3.5B checkpoint (all four component folders)"
 
 
 class V1Family:
@@ -45,31 +40,20 @@ class V1Family:
             return False
 
     def check_checkpoint(self, checkpoint_dir: Path) -> None:
-        checkpoint_dir = Path(checkpoint_dir)
-        for sub in V1_COMPONENT_DIRS:
-            if not (checkpoint_dir / sub).is_dir():
-                raise CheckpointError(f"missing folder {sub}/", path=checkpoint_dir / sub, fix=_FIX)
-        read_config(checkpoint_dir / V1_TRANSFORMER_DIR)
-        for sub in (V1_TRANSFORMER_DIR, V1_DCAE_DIR, V1_VOCODER_DIR):
-            if not (checkpoint_dir / sub / CONFIG_FILE).is_file():
-                raise CheckpointError(f"missing {CONFIG_FILE}", path=checkpoint_dir / sub / CONFIG_FILE, fix=_FIX)
-            weight_files(checkpoint_dir / sub)
-        for name in TEXT_ENCODER_FILES:
-            if not (checkpoint_dir / V1_TEXT_ENCODER_DIR / name).is_file():
-                raise CheckpointError(f"missing {name}", path=checkpoint_dir / V1_TEXT_ENCODER_DIR / name, fix=_FIX)
+        check_checkpoint(ACEStepTransformer2DModel, checkpoint_dir)
 
     def load_transformer(self, checkpoint_dir: Path, dtype: torch.dtype = torch.float32,
                          device: str | torch.device = "cpu", drop_unused: bool = False) -> torch.nn.Module:
-        return load_transformer(Path(checkpoint_dir) / V1_TRANSFORMER_DIR, dtype=dtype, device=device,
-                                drop_unused=drop_unused)
+        return ACEStepTransformer2DModel.from_pretrained(Path(checkpoint_dir) / V1_TRANSFORMER_DIR, torch_dtype=dtype,
+                                                         device=device, drop_unused=drop_unused)
 
     def speaker_dim(self, checkpoint_dir: Path) -> int:
         """Width of the speaker embedding the transformer takes (`speaker_embedding_dim`)."""
-        return int({**default_config(), **read_config(Path(checkpoint_dir) / V1_TRANSFORMER_DIR)}["speaker_embedding_dim"])
+        return int({**default_config(), **read_config(ACEStepTransformer2DModel, Path(checkpoint_dir) / V1_TRANSFORMER_DIR)}["speaker_embedding_dim"])
 
     def config_hash(self, checkpoint_dir: Path) -> str:
         """sha256 (16 hex digits) of the resolved transformer config (defaults filled, `inner_dim` dropped)."""
-        resolved = {**default_config(), **read_config(Path(checkpoint_dir) / V1_TRANSFORMER_DIR)}
+        resolved = {**default_config(), **read_config(ACEStepTransformer2DModel, Path(checkpoint_dir) / V1_TRANSFORMER_DIR)}
         resolved.pop("inner_dim", None)
         canonical = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()},
                                sort_keys=True)
@@ -128,7 +112,9 @@ class V1Family:
 
     def validation_renderer(self, transformer: torch.nn.Module, checkpoint_dir: Path, **options):
         """A `V1Generator` around the in-training transformer; UMT5 and the codec are loaded per render."""
-        from acetune.models.v1.pipeline import V1Generator
+        from acetune.models.v1.pipeline import (
+            V1Generator,  # family -> pipeline only (the pipeline never imports us)
+        )
 
         return V1Generator(transformer, checkpoint_dir=checkpoint_dir, **{"free_encoders": True, **options})
 

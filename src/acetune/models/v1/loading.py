@@ -1,4 +1,7 @@
-"""Load the ACE-Step v1 transformer from an official `ace_step_transformer/` folder.
+"""Read an official `ace_step_transformer/` folder into a model class (`ACEStepTransformer2DModel`).
+
+The model class is a parameter (`model_cls`), so this module sits below `models/v1/transformer.py`,
+whose `ACEStepTransformer2DModel.from_pretrained(folder)` calls `load_transformer` here.
 
 The folder holds `config.json` (the reference's keys, `_class_name: Transformer2DModel`, an
 ignored `inner_dim`) and `diffusion_pytorch_model.safetensors`, or shards listed in
@@ -22,12 +25,14 @@ from acetune.errors import CheckpointError
 from acetune.layout import (
     CONFIG_FILE,
     V1_COMPONENT_DIRS,
+    V1_DCAE_DIR,
+    V1_TEXT_ENCODER_DIR,
     V1_TRANSFORMER_DIR,
+    V1_VOCODER_DIR,
     WEIGHTS_FILE,
     WEIGHTS_INDEX_FILE,
 )
 from acetune.models.v1.attention import CrossAttention
-from acetune.models.v1.transformer import ACEStepTransformer2DModel
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +51,27 @@ def _fix(folder: Path | str) -> str:
             "(download it again if incomplete)")
 
 
-_FIX = _fix(V1_TRANSFORMER_DIR)  # for what only the transformer has (its config keys, its state dict)
+_FIX = _fix(V1_TRANSFORMER_DIR)
+# Files the text encoder folder must hold (as the official release ships it).
+TEXT_ENCODER_FILES = ("config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
+                      "tokenizer_config.json")
+_FIX_INCOMPLETE = "download the complete ACE-Step/ACE-Step-v1-3.5B checkpoint (all four component folders)"  # for what only the transformer has (its config keys, its state dict)
 
 
-def _init_keys() -> set[str]:
-    return set(inspect.signature(ACEStepTransformer2DModel.__init__).parameters) - {"self"}
+def constructor_defaults(model_cls: type) -> dict:
+    """{parameter: default} of `model_cls.__init__` (for the transformer: the released 3.5B config)."""
+    params = inspect.signature(model_cls.__init__).parameters
+    return {k: p.default for k, p in params.items() if k != "self"}
 
 
-def config_kwargs(config: dict, path: Path | str = CONFIG_FILE) -> dict:
-    """Validate an official (or our own) transformer config dict; return the constructor kwargs."""
+def config_kwargs(model_cls: type, config: dict, path: Path | str = CONFIG_FILE) -> dict:
+    """Validate an official (or our own) transformer config dict; return `model_cls`'s constructor kwargs."""
     name = config.get("_class_name")
     if name not in CLASS_NAMES:
         raise CheckpointError(f"_class_name is {name!r}, expected 'Transformer2DModel' (not an ACE-Step v1 "
                               "transformer config)", path=path, fix=_FIX)
-    known = _init_keys()
+    defaults = constructor_defaults(model_cls)
+    known = set(defaults)
     kwargs = {}
     for key, value in config.items():
         if key.startswith("_"):
@@ -70,7 +82,7 @@ def config_kwargs(config: dict, path: Path | str = CONFIG_FILE) -> dict:
     for key in _INT_KEYS:
         if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool) or kwargs[key] <= 0):
             raise CheckpointError(f"config key {key!r} must be a positive integer, got {kwargs[key]!r}", path=path)
-    cfg = {**default_config(), **kwargs}
+    cfg = {**defaults, **kwargs}
     ssl = [cfg["ssl_encoder_depths"], cfg["ssl_names"], cfg["ssl_latent_dims"]]
     if not all(isinstance(v, list | tuple) for v in ssl) or len({len(v) for v in ssl}) != 1:
         raise CheckpointError("config keys 'ssl_encoder_depths', 'ssl_names', 'ssl_latent_dims' must be lists "
@@ -90,14 +102,8 @@ def config_kwargs(config: dict, path: Path | str = CONFIG_FILE) -> dict:
     return kwargs
 
 
-def default_config() -> dict:
-    """The constructor defaults (the released 3.5B config plus the official lyric-encoder sizes)."""
-    params = inspect.signature(ACEStepTransformer2DModel.__init__).parameters
-    return {k: p.default for k, p in params.items() if k != "self"}
-
-
-def read_config(folder: Path | str) -> dict:
-    """Constructor kwargs from `folder/config.json` (validated)."""
+def read_config(model_cls: type, folder: Path | str) -> dict:
+    """`model_cls` constructor kwargs from `folder/config.json` (validated)."""
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"missing {CONFIG_FILE}", path=path, fix=_fix(folder))
@@ -107,7 +113,7 @@ def read_config(folder: Path | str) -> dict:
         raise CheckpointError(f"cannot read JSON ({exc})", path=path, fix=_fix(folder)) from None
     if not isinstance(config, dict):
         raise CheckpointError("not a JSON object", path=path, fix=_fix(folder))
-    return config_kwargs(config, path)
+    return config_kwargs(model_cls, config, path)
 
 
 def weight_files(folder: Path | str) -> list[Path]:
@@ -131,19 +137,13 @@ def weight_files(folder: Path | str) -> list[Path]:
     return [folder / s for s in shards]
 
 
-def build_transformer(kwargs: dict, device: str | torch.device = "meta") -> ACEStepTransformer2DModel:
-    """Construct the model (on the meta device by default: no memory, no init cost)."""
-    with torch.device(device):
-        return ACEStepTransformer2DModel(**kwargs)
-
-
 def _assign(model: torch.nn.Module, key: str, value: torch.Tensor) -> None:
     owner_name, _, leaf = key.rpartition(".")
     owner = model.get_submodule(owner_name) if owner_name else model
     owner._parameters[leaf] = torch.nn.Parameter(value, requires_grad=owner._parameters[leaf].requires_grad)
 
 
-def load_weights(model: ACEStepTransformer2DModel, files: list[Path], dtype: torch.dtype = torch.float32,
+def load_weights(model: torch.nn.Module, files: list[Path], dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu") -> None:
     """Fill `model` (built on meta) from safetensors `files`; every key must match exactly.
 
@@ -169,7 +169,10 @@ def load_weights(model: ACEStepTransformer2DModel, files: list[Path], dtype: tor
                                           path=file, fix="the config.json does not belong to these weights")
                 seen.add(key)
                 if key in expected:
-                    _assign(model, key, handle.get_tensor(key).to(dtype))
+                    # A fresh (64-byte aligned) allocation: safetensors hands out tensors that start mid-buffer
+                    # (data_ptr % 64 = 24 or 56 here), and CPU GEMM kernels take another path on unaligned
+                    # weights, changing the last bit of results against the same weights built in memory.
+                    _assign(model, key, handle.get_tensor(key).to(dtype=dtype, copy=True))
     missing = [k for k in expected if k not in seen]
     if missing:
         where = files[0] if len(files) == 1 else files[0].parent
@@ -177,7 +180,7 @@ def load_weights(model: ACEStepTransformer2DModel, files: list[Path], dtype: tor
                                                                else ""), path=where, fix=_FIX)
 
 
-def _dropped_shapes(model: ACEStepTransformer2DModel) -> dict[str, tuple[int, ...]]:
+def _dropped_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     """{key: shape} of the unused cross-attention projections a model has deleted."""
     width = model.inner_dim
     out = {}
@@ -189,9 +192,9 @@ def _dropped_shapes(model: ACEStepTransformer2DModel) -> dict[str, tuple[int, ..
     return out
 
 
-def load_transformer(folder: Path | str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                     drop_unused: bool = False) -> ACEStepTransformer2DModel:
-    """Load an official `ace_step_transformer/` folder into `ACEStepTransformer2DModel` (eval mode).
+def load_transformer(model_cls: type, folder: Path | str, dtype: torch.dtype = torch.float32,
+                     device: str | torch.device = "cpu", drop_unused: bool = False):
+    """Load an official `ace_step_transformer/` folder into a `model_cls` instance (eval mode).
 
     Args:
         folder: the folder with config.json and the safetensors file(s).
@@ -202,10 +205,28 @@ def load_transformer(folder: Path | str, dtype: torch.dtype = torch.float32, dev
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError("transformer folder not found", path=folder, fix=_FIX)
-    kwargs = read_config(folder)
+    kwargs = read_config(model_cls, folder)
     files = weight_files(folder)
-    model = build_transformer(kwargs)
+    with torch.device("meta"):  # no memory, no init cost: every tensor is assigned once from the file
+        model = model_cls(**kwargs)
     if drop_unused:
         model.drop_unused_projections()
     load_weights(model, files, dtype=dtype, device=device)
     return model.eval()
+
+
+def check_checkpoint(model_cls: type, checkpoint_dir: Path | str) -> None:
+    """Refuse an incomplete checkpoint folder before anything is loaded (CheckpointError, first problem)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    for sub in V1_COMPONENT_DIRS:
+        if not (checkpoint_dir / sub).is_dir():
+            raise CheckpointError(f"missing folder {sub}/", path=checkpoint_dir / sub, fix=_FIX_INCOMPLETE)
+    read_config(model_cls, checkpoint_dir / V1_TRANSFORMER_DIR)
+    for sub in (V1_TRANSFORMER_DIR, V1_DCAE_DIR, V1_VOCODER_DIR):
+        if not (checkpoint_dir / sub / CONFIG_FILE).is_file():
+            raise CheckpointError(f"missing {CONFIG_FILE}", path=checkpoint_dir / sub / CONFIG_FILE, fix=_FIX_INCOMPLETE)
+        weight_files(checkpoint_dir / sub)
+    for name in TEXT_ENCODER_FILES:
+        if not (checkpoint_dir / V1_TEXT_ENCODER_DIR / name).is_file():
+            raise CheckpointError(f"missing {name}", path=checkpoint_dir / V1_TEXT_ENCODER_DIR / name,
+                                  fix=_FIX_INCOMPLETE)

@@ -1,7 +1,7 @@
 """Log-mel spectrogram of the ACE-Step v1 vocoder, in plain torch (no torchaudio).
 
-Mirrors the reference `acestep/music_dcae/music_log_mel.py` (`LinearSpectrogram` +
-torchaudio `MelScale` + `LogMelSpectrogram.compress`) with the vocoder's parameters:
+The vocoder's mel front end (what the reference computes before its vocoder and DCAE), with the
+released parameters:
 
     reflect-pad (win − hop)/2 = 768 samples each side → STFT (n_fft 2048, hop 512, periodic Hann,
     center False, onesided) → |X| = sqrt(re² + im² + 1e-6) → slaney mel filterbank
@@ -44,32 +44,31 @@ def mel_to_hz_slaney(mels: torch.Tensor) -> torch.Tensor:
 
 def slaney_mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int,
                           device: torch.device | str | None = None) -> torch.Tensor:
-    """Triangular mel filters with slaney area normalisation, in float32.
+    """Triangular mel filters of unit area, in float32: (n_freqs, n_mels).
 
-    Same construction as torchaudio `melscale_fbanks(..., norm="slaney", mel_scale="slaney")`:
-    `n_mels + 2` points evenly spaced in mel between f_min and f_max, a triangle from point m to
-    m + 2 peaking at m + 1 (evaluated at the `n_freqs` STFT bin centres 0..sr/2), each scaled by
-    2 / (f[m+2] − f[m]) so every filter has unit area.
+    Filter m has three edges, `n_mels + 2` points evenly spaced in slaney mel from f_min to f_max
+    (converted back to Hz): it rises linearly from 0 at edge m to 1 at edge m + 1 and falls back to
+    0 at edge m + 2. Its height is then 2 / (edge[m+2] − edge[m]), so its area (in Hz) is 1 and
+    wide high-frequency bands do not outweigh narrow low ones. It is evaluated at the `n_freqs`
+    STFT bin frequencies 0 … sr/2. (The same filters as torchaudio `melscale_fbanks` and librosa
+    with `norm="slaney", mel_scale="slaney"`, which the reference vocoder uses.)
 
     Returns:
         (n_freqs, n_mels) tensor; spectrogram (..., n_freqs, F) maps to mel by `fb.T @ spec`.
     """
-    bins = torch.linspace(0, sample_rate // 2, n_freqs, device=device)  # (n_freqs,) Hz
-    m_pts = torch.linspace(hz_to_mel_slaney(f_min), hz_to_mel_slaney(f_max), n_mels + 2, device=device)
-    f_pts = mel_to_hz_slaney(m_pts)  # (n_mels + 2,) Hz
-    f_diff = f_pts[1:] - f_pts[:-1]  # (n_mels + 1,)
-    slopes = f_pts[None, :] - bins[:, None]  # (n_freqs, n_mels + 2)
-    rising = -slopes[:, :-2] / f_diff[:-1]  # left edge of each triangle
-    falling = slopes[:, 2:] / f_diff[1:]  # right edge
-    fb = torch.clamp(torch.minimum(rising, falling), min=0.0)  # (n_freqs, n_mels)
-    area = 2.0 / (f_pts[2:n_mels + 2] - f_pts[:n_mels])
-    return fb * area[None, :]
+    bin_hz = torch.linspace(0, sample_rate // 2, n_freqs, device=device)[:, None]  # (n_freqs, 1)
+    edges = mel_to_hz_slaney(torch.linspace(hz_to_mel_slaney(f_min), hz_to_mel_slaney(f_max), n_mels + 2, device=device))
+    lower, peak, upper = edges[:-2], edges[1:-1], edges[2:]  # (n_mels,) each
+    rising = (bin_hz - lower) / (peak - lower)
+    falling = (upper - bin_hz) / (upper - peak)
+    triangles = torch.minimum(rising, falling).clamp(min=0.0)  # (n_freqs, n_mels), peak 1
+    return triangles * (2.0 / (upper - lower))
 
 
-# ---- modules (named like the reference so state-dict keys match) ----
+# ---- modules (attribute and buffer names are the checkpoint's state-dict keys) ----
 
-class LinearSpectrogram(nn.Module):
-    """Magnitude STFT, mirrors reference `LinearSpectrogram` (mode "pow2_sqrt", center False)."""
+class MagnitudeSpectrogram(nn.Module):
+    """|STFT| of a reflect-padded clip, without centring (buffer `window`: periodic Hann)."""
 
     def __init__(self, n_fft: int = 2048, win_length: int = 2048, hop_length: int = 512):
         super().__init__()
@@ -98,8 +97,8 @@ class LinearSpectrogram(nn.Module):
         return self.magnitude(self.pad(y))
 
 
-class MelScale(nn.Module):
-    """Linear-frequency magnitude -> mel (torchaudio `MelScale` semantics, buffer `fb`)."""
+class MelProjection(nn.Module):
+    """Linear-frequency magnitude -> mel bands through the filterbank (buffer `fb`)."""
 
     def __init__(self, n_mels: int = 128, sample_rate: int = 44100, f_min: float = 40.0,
                  f_max: float = 16000.0, n_stft: int = 1025):
@@ -123,8 +122,8 @@ class LogMelSpectrogram(nn.Module):
                  hop_length: int = 512, n_mels: int = 128, f_min: float = 40.0, f_max: float | None = 16000.0):
         super().__init__()
         self.hop_length = hop_length
-        self.spectrogram = LinearSpectrogram(n_fft, win_length, hop_length)
-        self.mel_scale = MelScale(n_mels, sample_rate, f_min, f_max or sample_rate // 2, n_fft // 2 + 1)
+        self.spectrogram = MagnitudeSpectrogram(n_fft, win_length, hop_length)
+        self.mel_scale = MelProjection(n_mels, sample_rate, f_min, f_max or sample_rate // 2, n_fft // 2 + 1)
 
     def forward(self, wav: torch.Tensor, chunk_frames: int | None = None) -> torch.Tensor:
         """(..., T) waveform at `sample_rate` -> (..., n_mels, T // hop) log-mel (natural log).

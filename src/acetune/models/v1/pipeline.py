@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 
 from acetune.errors import UsageError
-from acetune.layout import V1_TEXT_ENCODER_DIR
+from acetune.layout import V1_TEXT_ENCODER_DIR, V1_TRANSFORMER_DIR
 from acetune.lora.file import NO_SCALE_WARN, LoraFile, read_lora
 from acetune.lora.fuse import FusedLoras, fuse_loras
+from acetune.models.v1.loading import check_checkpoint
 from acetune.models.v1.sampler import (
     ERG_DIFFUSION_BLOCKS,
     ERG_LYRIC_BLOCKS,
@@ -40,6 +41,7 @@ from acetune.models.v1.sampler import (
     text2music_latents,
 )
 from acetune.models.v1.text_encoder import ERG_TAG_BLOCKS
+from acetune.models.v1.transformer import ACEStepTransformer2DModel
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +145,11 @@ class V1Generator:
         UMT5, the codec and the lyric tokenizer are loaded at the first render that needs them, so a
         bad LoRA or flag fails before any encoder is read.
         """
-        from acetune.models.v1.family import FAMILY
-
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
-        FAMILY.check_checkpoint(Path(checkpoint_dir))
-        transformer = FAMILY.load_transformer(Path(checkpoint_dir), dtype=dtype, device=device)
+        check_checkpoint(ACEStepTransformer2DModel, checkpoint_dir)
+        transformer = ACEStepTransformer2DModel.from_pretrained(Path(checkpoint_dir) / V1_TRANSFORMER_DIR,
+                                                                torch_dtype=dtype, device=device)
         return cls(transformer, checkpoint_dir=checkpoint_dir, free_encoders=free_encoders, device=device,
                    dtype=dtype, lyric_vocab=lyric_vocab)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from acetune.models.v1.apg import MomentumBuffer, apg_forward, cfg_forward
+from acetune.models.v1.apg import AdaptiveProjectedGuidance, classifier_free_guidance
 from acetune.models.v1.flow import SHIFT, euler_step, guidance_interval, guidance_scale_at, inference_schedule
 from acetune.progress import progress
 
@@ -204,7 +204,7 @@ def text2music_latents(
                                        speaker_embeds, lyric_token_ids, lyric_mask, encoder_text_hidden_states_null)
 
     start, end = guidance_interval(settings.infer_steps, settings.guidance_interval)
-    momentum = MomentumBuffer()
+    apg = AdaptiveProjectedGuidance()  # one momentum average per sampling call
     erg_modules = erg_diffusion_modules(model) if settings.guided and settings.use_erg_diffusion else []
     for i in progress(range(settings.infer_steps), desc="sampling", unit="step"):
         t = timesteps[i]
@@ -216,9 +216,9 @@ def text2music_latents(
             with scaled_outputs(erg_modules):
                 pred_uncond = calls.decode(latents, attention_mask, uncond_states, cond_mask, t_batch)
             if settings.cfg_type == "apg":
-                pred = apg_forward(pred_cond, pred_uncond, scale, momentum_buffer=momentum)
+                pred = apg(pred_cond, pred_uncond, scale)
             else:
-                pred = cfg_forward(pred_cond, pred_uncond, scale)
+                pred = classifier_free_guidance(pred_cond, pred_uncond, scale)
         else:
             pred = calls.decode(latents, attention_mask, cond_states, cond_mask, t_batch)
 

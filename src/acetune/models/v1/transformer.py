@@ -22,6 +22,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from acetune.models.layers import modulate, rms_norm, timestep_sinusoid
+from acetune.models.v1 import loading
 from acetune.models.v1.attention import CrossAttention, LinearSelfAttention, cross_attention_mask, rope_tables
 from acetune.models.v1.lyric_encoder import LyricEncoder
 
@@ -230,20 +231,16 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, torch_dtype: torch.dtype | None = None,
                         device: str | torch.device = "cpu", drop_unused: bool = False, **kwargs):
-        """Load from an official `ace_step_transformer/` folder (see `acetune.models.v1.loading`).
+        """Load an official `ace_step_transformer/` folder: config.json + safetensors (single or sharded).
 
-        Args:
-            pretrained_model_name_or_path: local folder with config.json + safetensors (single or sharded).
-            torch_dtype: parameter dtype (default float32).
-            drop_unused: do not materialise the unused `cross_attn.add_*` projections.
-        Raises CheckpointError (one line naming the file and key) for a folder that does not match.
+        `torch_dtype`: parameter dtype (default float32); `drop_unused`: do not materialise the unused
+        `cross_attn.add_*` projections. A folder that does not match raises a one-line CheckpointError
+        naming the file and key (`acetune.models.v1.loading`).
         """
-        from acetune.models.v1.loading import load_transformer
-
         if kwargs:
             raise TypeError(f"unsupported from_pretrained arguments: {', '.join(sorted(kwargs))}")
-        return load_transformer(pretrained_model_name_or_path, dtype=torch_dtype or torch.float32,
-                                device=device, drop_unused=drop_unused)
+        return loading.load_transformer(cls, pretrained_model_name_or_path, dtype=torch_dtype or torch.float32,
+                                        device=device, drop_unused=drop_unused)
 
     # ---- conditioning -------------------------------------------------------------------------
 
@@ -366,6 +363,17 @@ class ACEStepTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     def _record(self, name: str, value: torch.Tensor) -> None:
         if self.capture is not None:
             self.capture[name] = value.detach()
+
+
+def default_config() -> dict:
+    """The constructor defaults: the released 3.5B config plus the official lyric-encoder sizes."""
+    return loading.constructor_defaults(ACEStepTransformer2DModel)
+
+
+def build_transformer(kwargs: dict, device: str | torch.device = "meta") -> ACEStepTransformer2DModel:
+    """Construct the model (on the meta device by default: no memory, no init cost)."""
+    with torch.device(device):
+        return ACEStepTransformer2DModel(**kwargs)
 
 
 def _all_set(mask: torch.Tensor) -> bool:

@@ -94,11 +94,9 @@ _ORDINAL = {
 }
 _ORDINAL_RE = {lang: re.compile(p) for lang, p in _ORDINAL.items()}
 _NUMBER_RE = re.compile(r"[0-9]+")
-_CURRENCY_RE = [  # applied in this order: GBP, USD, EUR
-    ("GBP", re.compile(r"((£[0-9\.\,]*[0-9]+)|([0-9\.\,]*[0-9]+£))")),
-    ("USD", re.compile(r"((\$[0-9\.\,]*[0-9]+)|([0-9\.\,]*[0-9]+\$))")),
-    ("EUR", re.compile(r"(([0-9\.\,]*[0-9]+€)|((€[0-9\.\,]*[0-9]+)))")),
-]
+# Currency amounts, replaced in this order (GBP, USD, EUR): the sign before or after the number.
+_CURRENCIES = [(code, re.compile(rf"{sign}[0-9.,]*[0-9]+|[0-9.,]*[0-9]+{sign}")) for code, sign in
+               (("GBP", "£"), ("USD", r"\$"), ("EUR", "€"))]
 _COMMA_GROUPED_RE = re.compile(r"\b\d{1,3}(,\d{3})*(\.\d+)?\b")  # 1,000.5 (en, ru)
 _DOT_GROUPED_RE = re.compile(r"\b\d{1,3}(.\d{3})*(\,\d+)?\b")  # 1.000,5; the unescaped "." is the reference's
 _DECIMAL_RE = re.compile(r"([0-9]+[.,][0-9]+)")
@@ -111,14 +109,37 @@ def _n2w_lang(lang: str) -> str:
     return "cz" if lang == "cs" else lang  # num2words calls Czech "cz"
 
 
-def _currency(match: re.Match, lang: str, currency: str) -> str:
-    amount = float(re.sub(r"[^\d.]", "", match.group(0).replace(",", ".")))
-    words = num2words(amount, to="currency", currency=currency, lang=_n2w_lang(lang))
+def _amount(written: str) -> float:
+    """'£1,50' -> 1.5: a comma counts as a decimal point, anything but digits and points is ignored.
+
+    Raises ValueError for two separators ("1,000.50" -> "1.000.50"), like the reference.
+    """
+    return float("".join(c for c in written.replace(",", ".") if c == "." or c.isdecimal()))
+
+
+def _say_currency(written: str, lang: str, code: str) -> str:
+    """Amount in words with its currency; a whole amount drops num2words' "..., zero cents" tail."""
+    amount = _amount(written)
+    words = num2words(amount, to="currency", currency=code, lang=_n2w_lang(lang))
     if amount.is_integer():
-        cut = words.rfind(_CENTS_JOINER.get(lang, ", "))
-        if cut != -1:
-            words = words[:cut]
+        whole, joiner, _cents = words.rpartition(_CENTS_JOINER.get(lang, ", "))
+        if joiner:
+            return whole
     return words
+
+
+def expand_currency(text: str, lang: str) -> str:
+    """£/$/€ amounts to words, one currency after the other.
+
+    A failure (an unreadable amount, a currency num2words lacks for `lang`) stops there: currencies
+    already done stay done, the failing one and those after it stay as written (the reference).
+    """
+    for code, pattern in _CURRENCIES:
+        try:
+            text = pattern.sub(lambda m, code=code: _say_currency(m[0], lang, code), text)
+        except Exception:  # noqa: BLE001 - the reference ignores any failure here
+            break
+    return text
 
 
 def expand_numbers(text: str, lang: str) -> str:
@@ -129,11 +150,7 @@ def expand_numbers(text: str, lang: str) -> str:
         text = _COMMA_GROUPED_RE.sub(lambda m: m.group(0).replace(",", ""), text)
     else:
         text = _DOT_GROUPED_RE.sub(lambda m: m.group(0).replace(".", ""), text)
-    try:  # one guard for all three currencies: a failure keeps what was already replaced
-        for code, regex in _CURRENCY_RE:
-            text = regex.sub(lambda m, code=code: _currency(m, lang, code), text)
-    except Exception:
-        pass
+    text = expand_currency(text, lang)
     if lang != "tr":
         text = _DECIMAL_RE.sub(lambda m: num2words(float(m.group(1).replace(",", ".")), lang=_n2w_lang(lang)), text)
     text = _ORDINAL_RE[lang].sub(lambda m: num2words(int(m.group(1)), ordinal=True, lang=_n2w_lang(lang)), text)

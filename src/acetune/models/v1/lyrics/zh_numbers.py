@@ -1,165 +1,172 @@
 """Chinese number verbalisation, as the reference lyric tokenizer applies it before pinyin.
 
-Mirrors `TextNorm()(text)` with default options from the reference's `zh_num2words.py` (itself
-the SpeechIO/WeNet `cn_tn` normaliser): dates, money, phone numbers, fractions, percentages,
-numbers before a measure word, long digit strings and plain numbers are spelled out in simplified
-Chinese ("mid" numbering: 万 = 10^4, 亿 = 10^8, 兆 = 10^12, ...), then every Chinese or ASCII
-punctuation mark becomes ",". Reference quirks kept on purpose, because token ids depend on them:
-each rewrite replaces the *first* occurrence of the matched string anywhere in the text, and a
-number with two decimal points raises `ValueError` (the caller then drops the whole rewrite).
+The reference spells numbers out in Chinese before it converts zh lyrics to pinyin (its Chinese
+text normaliser with default options), so the lyric token ids depend on every decision below. The
+rules were read off the reference's behaviour and are the spec this module implements; each row
+has a test in `tests/models/v1/test_zh_numbers.py`.
+
+Spelling a number (a "cardinal"; "mid" scale: 万 = 10^4, 亿 = 10^8, 兆 = 10^12, then ×10^4 each
+for 京 垓 秭 穰 沟 涧 正 载):
+
+| # | rule | examples |
+| --- | --- | --- |
+| C1 | one digit, or a whole part of one character, reads digit by digit (0 -> 零) | 0 零, 7 七 |
+| C2 | otherwise split at the largest unit 10^P ≤ n: head + unit + tail; a zero tail vanishes | 300 三百, 20000 两万 |
+| C3 | 零 once where the tail skips its top place (tail < 10^(P−1)) | 1005 一千零五, 100500 十万零五百 |
+| C4 | leading zeros: one 零 in front; all zeros with two or more characters: nothing | 05 零五, 00 (empty) |
+| C5 | 二 reads 两 when directly before 百 or a larger unit and at the start or right after 百 or larger | 2000 两千, 2200 两千两百, 220 两百二十, 22 二十二, 12000 一万两千 |
+| C6 | a leading 一十 drops its 一 (only at the very start) | 10 十, 15 十五, 110 一百一十 |
+| C7 | decimals: 点 then the decimals digit by digit; a bare 点 at the start gets 零 | 3.14 三点一四, 00.5 零点五 |
+
+Rewriting a text. The text is wrapped as "^" + text + "$" (so the patterns that need a non-digit
+on each side also match at the ends); the rules run in this order, each one first collecting its
+matches on the text as it stands, then replacing, for each match in turn, the *first occurrence of
+the matched string anywhere in the text* (not necessarily the matched place: a reference quirk that
+token ids depend on):
+
+| # | rule | pattern (after at least one non-digit unless said) | spelled as |
+| --- | --- | --- | --- |
+| R1 | dates | [089]d or 19dd/20dd + 年, and/or 1–2 digits + 月 (+ 1–2 digits + 日/号) | year digit by digit; month, day as cardinals |
+| R2 | money | number (+ 多/余/几) + money unit (亿/千万/百万/万/千/百, optionally + 元 or 块; 元; 块; 角; 毛; 分), optionally one more digit (+ unit) | every number in it as a cardinal |
+| R3 | mobile numbers | (+86 )1 + [38]d/5[0-35-9]/7[678]/9[89] + 8 digits, between non-digits | every digit read out, "+" and spaces dropped |
+| R4 | landlines | (0 + area code 10/2[1-3]/3 digits + optional "-") + 7–8 digits not starting with 0, between non-digits | every digit read out, "-" dropped |
+| R5 | fractions | digits/digits (anywhere) | denominator 分之 numerator |
+| R6 | percentages | number + % (full-width ％ counts as %) | 百分之 + cardinal |
+| R7 | quantities | number (+ 多/余/几) + a measure word (个, 首, 年, 天, 米 units, ...) | the number as a cardinal |
+| R8 | long digit strings | 4–32 digits (anywhere) | digit by digit |
+| R9 | other numbers | digits (.digits) (anywhere) | cardinal |
+| R10 | letter-2-letter | letters + 二 + letters (P2P, B2B) | the 二 back to 2 |
+| R11 | punctuation | every Chinese or ASCII punctuation mark, after the sentinels are stripped | "," |
+
+"Number" means digits with at most one ".digits"; "digit" is any Unicode decimal digit, as Python's
+`\\d`. Stripping the sentinels removes every "^" at the start and every "$" at the end.
+
+Why not a library: cn2an 0.5.24 (the maintained choice; checked in a scratch environment) writes
+2000 as 二千 and 220 as 二百二十 (C5 wants 两), 05 as 五 (C4: 零五), and reads 13812345678 as a
+cardinal (R3 reads digits); it has no first-occurrence quirk either. Each changes token ids.
 """
 
 from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
+from dataclasses import dataclass
 
-_DIGITS = "零一二三四五六七八九"
-_LIANG = "两"  # "2" before 百/千/万/... at the start of a number (num2chn alt_two)
-_POINT = "点"
-# (power of ten, character): small units then the "mid" system's large units.
-_UNITS = [(1, "十"), (2, "百"), (3, "千"), (4, "万")] + [(4 * (i + 2), c) for i, c in enumerate("亿兆京垓秭穰沟涧正载")]
+DIGIT_NAMES = "零一二三四五六七八九"
+ZERO, ONE, TWO, LIANG, TEN, POINT = "零", "一", "二", "两", "十", "点"
+# (P, unit) for 10^P, largest first: the "mid" scale above 万 steps by 10^4.
+UNITS = tuple((4 * (i + 2), u) for i, u in enumerate("亿兆京垓秭穰沟涧正载"))[::-1] + ((4, "万"), (3, "千"), (2, "百"), (1, TEN))
+_HUNDRED_OR_MORE = "".join(u for p, u in UNITS if p >= 2)
+_LIANG_PLACES = re.compile(f"(?:^|(?<=[{_HUNDRED_OR_MORE}])){TWO}(?=[{_HUNDRED_OR_MORE}])")  # C5
 
-# Measure words after which a number is read as a quantity (cn_tn COM_QUANTIFIERS, as a set).
-_QUANTIFIERS = (
+
+# ---- spelling one number (rows C1-C7) ----
+
+def read_digits(digits: str) -> str:
+    """Digit by digit: "2024" -> 二零二四 (C1, years, phone numbers, long digit strings)."""
+    return "".join(DIGIT_NAMES[int(d)] for d in digits)
+
+
+def _with_units(significant: str) -> str:
+    """C2/C3 for a digit string without leading ASCII zeros (at least one character)."""
+    if len(significant) == 1:
+        return read_digits(significant)
+    power, unit = next((p, u) for p, u in UNITS if p < len(significant))  # largest 10^P <= n
+    head, tail = significant[:-power], significant[-power:].lstrip("0")
+    if not tail:
+        return _with_units(head) + unit
+    gap = ZERO if len(tail) < power else ""
+    return _with_units(head) + unit + gap + _with_units(tail)
+
+
+def cardinal(number: str) -> str:
+    """Spell "1234.5" in simplified Chinese (rows C1-C7).
+
+    Raises:
+        ValueError: more than one decimal point (the rewrite patterns never produce one).
+    """
+    whole, _, decimals = number.partition(".")
+    if "." in decimals:
+        raise ValueError(f"number with more than one decimal point: {number}")
+    if len(whole) <= 1:
+        text = read_digits(whole)
+    else:
+        significant = whole.lstrip("0")
+        text = (ZERO if significant and significant != whole else "") + (_with_units(significant) if significant else "")
+        text = _LIANG_PLACES.sub(LIANG, text)
+    if "." in number:
+        text += POINT + read_digits(decimals)
+    if text.startswith(POINT):
+        text = ZERO + text
+    if text.startswith(ONE + TEN):
+        text = text[1:]
+    return text
+
+
+# ---- the rewrite rules (R1-R10), in the order they run ----
+
+_NUMBER = r"\d+(?:\.\d+)?"
+_MONEY_UNIT = r"(?:(?:亿|千万|百万|万|千|百)|(?:亿|千万|百万|万|千|百)?[元块]|角|毛|分)"  # order decides the match
+# Measure words after which a number is a quantity (R7): the reference's list, as a set.
+MEASURE_WORDS = frozenset(
     "丈 世 丘 丝 两 个 丸 代 令 件 伏 位 冬 出 刀 分 分米 刻 勺 匹 千克 千米 升 单 卮 厘 厘米 双 叠 口 只 合 名 周 啖 回 场 块 "
     "坡 堂 堆 墙 壳 壶 夏 夜 天 头 季 客 家 寸 对 寻 尺 尾 层 山 岁 岭 常 幢 年 座 张 微克 微米 忽 户 手 扎 打 担 挑 捆 撮 支 "
     "斗 斛 斤 日 旬 时 春 曲 更 月 本 条 杯 板 枝 根 桶 棵 毫 毫克 毫米 江 泡 溪 炮 煲 片 瓶 盆 盏 盒 盘 石 砣 碗 碟 秋 秒 程 "
     "窠 笼 管 箩 箱 篮 簋 粒 纪 线 罐 网 罗 群 脚 腔 袋 袭 课 贯 贴 跳 身 辆 辈 道 里 针 钟 钧 钱 钵 铢 铺 锅 锱 阙 队 阵 面 "
-    "页 顶 颗 首"
-).split()
-_QUANTIFIER_ALT = "|".join(sorted(_QUANTIFIERS, key=len, reverse=True))
-# Money units; the alternation order matters (the first alternative that fits wins).
-_MONEY_UNITS = "(?:(?:亿|千万|百万|万|千|百)|(?:亿|千万|百万|万|千|百|)元|(?:亿|千万|百万|万|千|百|)块|角|毛|分)"
-
-_RE_DATE = re.compile(r"\D+((?:(?:[089]\d|(?:19|20)\d{2})年)?(?:\d{1,2}月(?:\d{1,2}[日号])?)?)")
-_RE_MONEY = re.compile(r"\D+(\d+(?:\.\d+)?[多余几]?" + _MONEY_UNITS + r"(?:\d" + _MONEY_UNITS + r"?)?)")
-_RE_MOBILE = re.compile(r"\D((?:\+?86 ?)?1(?:[38]\d|5[0-35-9]|7[678]|9[89])\d{8})\D")
-_RE_LANDLINE = re.compile(r"\D((?:0(?:10|2[1-3]|[3-9]\d{2})-?)?[1-9]\d{6,7})\D")
-_RE_FRACTION = re.compile(r"\d+/\d+")
-_RE_PERCENT = re.compile(r"\d+(?:\.\d+)?%")
-_RE_QUANTITY = re.compile(r"(\d+(?:\.\d+)?)[多余几]?(?:" + _QUANTIFIER_ALT + ")")
-_RE_DIGIT_STRING = re.compile(r"\d{4,32}")
-_RE_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_RE_LETTER_TWO_LETTER = re.compile(r"(([a-zA-Z]+)二([a-zA-Z]+))")  # P2P, B2B: undo "2" -> "二"
-
-# Chinese punctuation (Zhon's lists, as cn_tn uses them) plus ASCII punctuation, all -> ",".
-_CN_PUNCS = (
-    "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃《》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿"
-    "–—‘’‛“”„‟…‧﹏·〈〉-"
+    "页 顶 颗 首".split()
 )
-_PUNCT_TO_COMMA = str.maketrans({c: "," for c in _CN_PUNCS + string.punctuation})
 
 
-def _spell_units(digits: str) -> list[str]:
-    """Chinese symbols for an integer string with units (cn_tn `num2chn.get_value`)."""
-    stripped = digits.lstrip("0")
-    if not stripped:
-        return []
-    if len(stripped) == 1:
-        # A single digit after dropped zeros keeps one 零 ("05" -> 零五).
-        return ([_DIGITS[0]] if len(digits) != len(stripped) else []) + [_DIGITS[int(stripped)]]
-    power, unit = next(u for u in reversed(_UNITS) if u[0] < len(stripped))
-    # The head is cut from the unstripped string, as the reference does.
-    return _spell_units(digits[:-power]) + [unit] + _spell_units(stripped[-power:])
-
-
-def num2chn(number: str, alt_two: bool = True, use_units: bool = True) -> str:
-    """Spell "123.45" in Chinese (mirrors cn_tn `num2chn` with simplified, non-financial digits)."""
-    parts = number.split(".")
-    if len(parts) > 2:
-        raise ValueError(f"number with more than one decimal point: {number}")
-    int_part, dec_part = parts[0], parts[1] if len(parts) == 2 else ""
-    if use_units and len(int_part) > 1:
-        symbols = _spell_units(int_part)
-    else:
-        symbols = [_DIGITS[int(c)] for c in int_part]
-    if dec_part:
-        symbols += [_POINT] + [_DIGITS[int(c)] for c in dec_part]
-    if alt_two:
-        powers = {c: p for p, c in _UNITS}
-        for i, sym in enumerate(symbols):
-            if sym != _DIGITS[2]:
-                continue
-            nxt = symbols[i + 1] if i + 1 < len(symbols) else None
-            prev = symbols[i - 1] if i > 0 else None
-            # 两 only directly before a unit above 十, and not right after 十.
-            if nxt in powers and (prev is None or prev in powers):
-                if powers[nxt] != 1 and (prev is None or powers[prev] != 1):
-                    symbols[i] = _LIANG
-    out = "".join(symbols)
-    if out.startswith(_POINT):
-        return _DIGITS[0] + out
-    if len(out) >= 2 and out[0] == _DIGITS[1] and out[1] == "十":  # 一十二 -> 十二
-        out = out[1:]
-    return out
-
-
-def _digits(number: str) -> str:
-    """Digit by digit ("2024" -> 二零二四), cn_tn `Digit`."""
-    return num2chn(number, alt_two=False, use_units=False)
-
-
-def _date(date: str) -> str:
-    """cn_tn `Date.date2chntext`: year digit by digit, month and day as numbers."""
-    pieces = date.strip().split("年", 1)
-    if len(pieces) == 2:
-        year, rest = _digits(pieces[0]) + "年", pieces[1]
-    else:
-        year, rest = "", date
-    if not rest:
-        return year
-    pieces = rest.strip().split("月", 1)
-    if len(pieces) == 2:
-        month, day = num2chn(pieces[0]) + "月", pieces[1]
-    else:
-        month, day = "", date  # the reference falls back to the whole date here
-    if day:
-        day = num2chn(day[:-1]) + day[-1]
+def _spell_date(m: re.Match) -> str:
+    year = read_digits(m["year"]) + "年" if m["year"] else ""
+    month = cardinal(m["month"]) + "月" if m["month"] else ""
+    day = cardinal(m["day"]) + m["day_unit"] if m["day"] else ""
     return year + month + day
 
 
-def _money(money: str) -> str:
-    for number in _RE_NUMBER.findall(money):
-        money = money.replace(number, num2chn(number))
-    return money
+@dataclass(frozen=True)
+class Rule:
+    """One rewrite: every match's group `text` is replaced (first occurrence) by `spell(match)`."""
+
+    name: str
+    pattern: re.Pattern
+    spell: Callable[[re.Match], str]
 
 
-def _phone(phone: str, landline: bool) -> str:
-    parts = phone.split("-") if landline else phone.strip("+").split()
-    return "".join(_digits(p) for p in parts)
+RULES = (
+    Rule("date", re.compile(r"\D+(?P<text>(?:(?P<year>[089]\d|(?:19|20)\d{2})年)?"
+                            r"(?:(?P<month>\d{1,2})月(?:(?P<day>\d{1,2})(?P<day_unit>[日号]))?)?)"), _spell_date),
+    Rule("money", re.compile(rf"\D+(?P<text>{_NUMBER}[多余几]?{_MONEY_UNIT}(?:\d{_MONEY_UNIT}?)?)"),
+         lambda m: re.sub(_NUMBER, lambda n: cardinal(n[0]), m["text"])),
+    Rule("mobile", re.compile(r"\D(?P<text>(?:\+?86 ?)?1(?:[38]\d|5[0-35-9]|7[678]|9[89])\d{8})\D"),
+         lambda m: read_digits(re.sub(r"\D", "", m["text"]))),
+    Rule("landline", re.compile(r"\D(?P<text>(?:0(?:10|2[1-3]|[3-9]\d{2})-?)?[1-9]\d{6,7})\D"),
+         lambda m: read_digits(m["text"].replace("-", ""))),
+    Rule("fraction", re.compile(r"(?P<text>(?P<top>\d+)/(?P<bottom>\d+))"),
+         lambda m: cardinal(m["bottom"]) + "分之" + cardinal(m["top"])),
+    Rule("percent", re.compile(rf"(?P<text>(?P<n>{_NUMBER})%)"), lambda m: "百分之" + cardinal(m["n"])),
+    Rule("quantity", re.compile(rf"(?P<text>{_NUMBER})[多余几]?(?:{'|'.join(sorted(MEASURE_WORDS, key=len, reverse=True))})"),
+         lambda m: cardinal(m["text"])),
+    Rule("digit string", re.compile(r"(?P<text>\d{4,32})"), lambda m: read_digits(m["text"])),
+    Rule("number", re.compile(rf"(?P<text>{_NUMBER})"), lambda m: cardinal(m["text"])),
+    Rule("letter-2-letter", re.compile(rf"(?P<text>(?P<a>[a-zA-Z]+){TWO}(?P<b>[a-zA-Z]+))"),
+         lambda m: m["a"] + "2" + m["b"]),
+)
 
-
-def _rewrite_first(text: str, matches: list[str], spell) -> str:
-    """Replace, for each match in order, the first occurrence of its text (reference behaviour)."""
-    for m in matches:
-        text = text.replace(m, spell(m), 1)
-    return text
+# Chinese punctuation (the Zhon lists the reference uses) and ASCII punctuation, all -> "," (R11).
+CHINESE_PUNCTUATION = (
+    "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃《》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿"
+    "–—‘’‛“”„‟…‧﹏·〈〉-"
+)
+_TO_COMMA = str.maketrans(dict.fromkeys(CHINESE_PUNCTUATION + string.punctuation, ","))
 
 
 def normalize_zh_numbers(text: str) -> str:
-    """Spell out numbers and turn punctuation into "," (cn_tn `TextNorm()` with defaults).
-
-    Raises:
-        ValueError: a number has two decimal points (the reference then keeps the text as it was).
-    """
-    text = "^" + text + "$"  # sentinels so the \\D-anchored patterns can match at the ends
-    text = _rewrite_first(text, _RE_DATE.findall(text), _date)
-    text = _rewrite_first(text, _RE_MONEY.findall(text), _money)
-    text = _rewrite_first(text, _RE_MOBILE.findall(text), lambda m: _phone(m, landline=False))
-    text = _rewrite_first(text, _RE_LANDLINE.findall(text), lambda m: _phone(m, landline=True))
-
-    def fraction(m: str) -> str:
-        numerator, denominator = m.split("/")
-        return num2chn(denominator) + "分之" + num2chn(numerator)
-
-    text = _rewrite_first(text, _RE_FRACTION.findall(text), fraction)
-    text = text.replace("％", "%")
-    text = _rewrite_first(text, _RE_PERCENT.findall(text), lambda m: "百分之" + num2chn(m.strip().strip("%")))
-    text = _rewrite_first(text, _RE_QUANTITY.findall(text), num2chn)
-    text = _rewrite_first(text, _RE_DIGIT_STRING.findall(text), _digits)
-    text = _rewrite_first(text, _RE_NUMBER.findall(text), num2chn)
-    for whole, left, right in _RE_LETTER_TWO_LETTER.findall(text):
-        text = text.replace(whole, left + "2" + right, 1)
-    text = text.lstrip("^").rstrip("$")
-    return text.translate(_PUNCT_TO_COMMA)
+    """Spell out numbers (R1-R10) and turn punctuation into "," (R11)."""
+    text = "^" + text.replace("％", "%") + "$"  # sentinels; ％ -> % early is safe: no rule before R6 reads it
+    for rule in RULES:
+        for match in list(rule.pattern.finditer(text)):
+            if match["text"]:
+                text = text.replace(match["text"], rule.spell(match), 1)
+    return text.lstrip("^").rstrip("$").translate(_TO_COMMA)
