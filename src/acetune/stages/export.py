@@ -36,8 +36,8 @@ from acetune.lora.file import (
     peft_scale,
     read_adapter_config,
     read_lora,
-    resolve_lora_path,
 )
+from acetune.lora.import_15 import looks_like_v15, resolve_adapter_file
 from acetune.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -69,9 +69,10 @@ class Args:
                                                   "the one embedded in the file or adapter_config.json beside it")
     bake_alpha: bool = arg(False, help="multiply A and B by sqrt(scale) so a loader applying B@A at strength "
                                        "1.0 reproduces training (the fork's bake_alpha_in_lora.py)")
-    format: str = arg("peft", choices=tuple(FORMATS), help="key names: peft (bare module paths, saved layout), "
-                      "comfyui (diffusion_model.<module>), kohya (lora_unet_<module>); comfyui/kohya bake "
-                      "alpha unless --write_alpha")
+    format: str | None = arg(None, choices=tuple(FORMATS), help="key names: peft (v1: bare module paths, the saved "
+                             "layout; 1.5: the diffusers layout), comfyui (v1: diffusion_model.<module>; 1.5: "
+                             "base_model.model.<module>), kohya (lora_unet_...); comfyui/kohya bake alpha unless "
+                             "--write_alpha. Default: peft, or comfyui for a 1.5 adapter with --bake_alpha/--write_alpha")
     write_alpha: bool = arg(False, help="keep A and B, write a per-module .alpha tensor (= scale * r) instead "
                                         "of baking")
     resize: int | None = arg(None, help="SVD-resize every module to this rank (at most its current rank)",
@@ -103,7 +104,7 @@ class Args:
             if not self.checkpoint_dir:
                 problems.append("--merge needs --checkpoint_dir (the base model to merge into)")
             others = [f for f, on in (("--bake_alpha", self.bake_alpha), ("--write_alpha", self.write_alpha),
-                                      ("--format", self.format != "peft"),
+                                      ("--format", self.format not in (None, "peft")),
                                       ("--resize", self.resize is not None or self.resize_energy is not None))
                       if on]
             if others:
@@ -312,11 +313,28 @@ def trained_family(path: Path):
     return get_family(name) if name else None
 
 
-def run(args: Args) -> int:
-    path = resolve_lora_path(args.input_name)
+def adapter_family(path: Path):
+    """The family whose adapter `path` holds: from `train_config.json` beside it, else from the key names."""
+    from acetune.models.family import get_family
+    from acetune.models.v15.schema import FAMILY_NAME
+
     family = trained_family(path)
+    if family is None:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
+        except Exception:  # unreadable: the v1 reader below reports it in one line
+            return None
+        family = get_family(FAMILY_NAME) if looks_like_v15(keys) else None
+    return family
+
+
+def run(args: Args) -> int:
+    path = resolve_adapter_file(args.input_name)
+    family = adapter_family(path)
     if hasattr(family, "export_lora"):  # a family with its own key layouts (ACE-Step 1.5)
-        return family.export_lora(args, path)
+        return family.export_lora(args, path, lambda suffix, ext: _default_output(args.input_name, suffix, ext))
+    args.format = args.format or "peft"
     lora = read_lora(path, args.lora_config_path,
                      if_no_scale=NO_SCALE_BAKED if args.assume_baked else NO_SCALE_ERROR)
     modules, config = lora.modules, lora.config

@@ -188,7 +188,7 @@ def test_export_write_alpha_and_merge(v15_prepared, tmp_path, capsys):
     got = adapters.comfyui_deltas(with_alpha)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7)
-    _fails(capsys, "--format comfyui", "export", ["--input_name", str(step), "--write_alpha",
+    _fails(capsys, "--format comfyui", "export", ["--input_name", str(step), "--write_alpha", "--format", "peft",
                                                   "--output_name", str(tmp_path / "x")])
 
     merged = tmp_path / "merged"
