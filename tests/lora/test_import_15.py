@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -81,6 +80,10 @@ class Node(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    return build_tiny(tmp_path_factory)
+
+
+def build_tiny(tmp_path_factory):
     """(decoder tree with original 1.5 names, its transformer folder): the weights of a tiny diffusers DiT."""
     from diffusers import AceStepTransformer1DModel
 

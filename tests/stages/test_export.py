@@ -13,6 +13,17 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tests.lora.test_import_15 import (
+    ATTN,
+    _official,
+    assert_close,
+    build_tiny,
+    comfy_base,
+    renamed,
+    state,
+    trained,
+)
+from tests.lora.test_import_15 import comfyui_apply as comfyui_apply_15
 
 from acetune.cli import run_command
 from acetune.layout import CONFIG_FILE, V1_TRANSFORMER_DIR, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
@@ -385,3 +396,72 @@ def test_bad_inputs(tmp_path, capsys):
     assert "no transformer" in _error_line(capsys, ["--input_name", weights, "--merge", "--checkpoint_dir", tmp_path])
     with safe_open(str(weights), "pt") as f:  # the input was never touched
         assert f.metadata() == lk.SAVED_METADATA
+
+
+# ---- (7) the three ACE-Step 1.5 export bugs of issue 13 ----
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(tiny 1.5 decoder with the original names, its transformer folder): `test_import_15.build_tiny`."""
+    return build_tiny(tmp_path_factory)
+
+
+def _v15_step(tree, tmp_path, keys_prefix: str = ""):
+    """An `acetune train` 1.5 step folder: saved layout, adapter_config.json and train_config.json naming 1.5."""
+    model, want = trained(tree, LoraConfig(r=4, lora_alpha=8, target_modules=ATTN))
+    step = tmp_path / "out" / "step-000004"
+    step.mkdir(parents=True)
+    sd = renamed(state(model), keys_prefix, diffusers=not keys_prefix)
+    save_file(sd, str(step / lk.LORA_WEIGHTS_FILE), metadata=lk.SAVED_METADATA)
+    (step / lk.ADAPTER_CONFIG_FILE).write_text(json.dumps({"r": 4, "lora_alpha": 8, "target_modules": ATTN}))
+    (step / "train_config.json").write_text(json.dumps({"family": "acestep15"}))
+    return step, want
+
+
+@pytest.mark.parametrize("how", ["acetune", "shim"])
+def test_bug1_bake_alpha_on_15_step_writes_baked_comfyui_file(tiny, tmp_path, how):
+    tree, _ = tiny
+    step, want = _v15_step(tree, tmp_path)
+    out = tmp_path / "X.safetensors"
+    if how == "acetune":
+        export("--input_name", step, "--bake_alpha", "--output_name", out)
+    else:
+        proc = subprocess.run([sys.executable, str(REPO / "add_alpha_in_lora.py"), "--input_name", str(step),
+                               "--output_name", str(out)], capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    assert out.is_file()  # a file, not a folder named X.safetensors
+    lora = load_file(str(out))
+    assert lora and all(k.startswith("base_model.model.layers.") for k in lora)
+    assert not any(k.endswith(".alpha") for k in lora)  # baked: ComfyUI applies scale 1
+    assert_close(comfyui_apply_15(comfy_base(tree), lora), want)
+
+
+def test_bug1_flags_that_cannot_apply_are_refused(tiny, tmp_path, capsys):
+    tree, _ = tiny
+    step, _ = _v15_step(tree, tmp_path)
+    assert "--format comfyui" in _error_line(capsys, ["--input_name", step, "--bake_alpha", "--format", "peft"])
+    assert "--resize" in _error_line(capsys, ["--input_name", step, "--resize", 2, "--format", "comfyui"])
+    # the diffusers layout to a .safetensors name is that file
+    out = tmp_path / "d.safetensors"
+    export("--input_name", step, "--output_name", out)
+    assert out.is_file() and all(k.startswith("transformer.layers.") for k in load_file(str(out)))
+
+
+def test_bug2_keys_already_prefixed_are_not_prefixed_twice(tiny, tmp_path):
+    tree, _ = tiny
+    step, want = _v15_step(tree, tmp_path, keys_prefix="base_model.model.")
+    out = tmp_path / "comfy.safetensors"
+    export("--input_name", step, "--format", "comfyui", "--output_name", out)
+    lora = load_file(str(out))
+    assert not any(k.startswith("base_model.model.base_model.") for k in lora)
+    assert_close(comfyui_apply_15(comfy_base(tree), lora), want)  # every key maps, at the trained strength
+
+
+def test_bug3_15_lora_without_train_config_is_accepted(tiny, tmp_path):
+    tree, _ = tiny
+    folder, want = _official(tree, tmp_path)  # official trainer: adapter_model.safetensors + adapter_config.json
+    assert not (folder / "train_config.json").exists()
+    out = tmp_path / "comfy.safetensors"
+    export("--input_name", folder / "adapter_model.safetensors", "--format", "comfyui", "--output_name", out)
+    assert_close(comfyui_apply_15(comfy_base(tree), load_file(str(out))), want)
