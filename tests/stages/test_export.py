@@ -39,7 +39,7 @@ TOL = 1e-5
 # ---- ComfyUI's rule, written from ../shared/facts/comfyui-lora.md ----
 
 def comfyui_apply(base: dict, lora: dict, strength: float = 1.0) -> dict:
-    """W += strength * (alpha / rank if `.alpha` else 1) * B @ A for each mapped module.
+    """W += strength * (alpha / rank if `.alpha` else 1) * B @ A for each mapped module (DoRA: `.dora_scale`).
 
     Key map as ComfyUI builds it for v1: for each official `<P>.weight`, the LoRA prefixes `P`,
     `diffusion_model.P` and `lora_unet_<P with . -> _>`; suffix pairs lora_up/lora_down,
@@ -57,10 +57,16 @@ def comfyui_apply(base: dict, lora: dict, strength: float = 1.0) -> dict:
                 if prefix + up not in lora:
                     continue
                 b, a = lora[prefix + up].float(), lora[prefix + down].float()
-                alpha = lora.get(prefix + ".alpha")
+                alpha, dora = lora.get(prefix + ".alpha"), lora.get(prefix + ".dora_scale")
                 scale = float(alpha) / a.shape[0] if alpha is not None else 1.0
-                out[key] = (out[key].float() + strength * scale * (b @ a)).to(base[key].dtype)
-                loaded |= {prefix + up, prefix + down} | ({prefix + ".alpha"} if alpha is not None else set())
+                w = out[key].float()
+                if dora is None:
+                    out[key] = (w + strength * scale * (b @ a)).to(base[key].dtype)
+                else:  # DoRA: W_calc = W + s B A, times dora_scale / (||W||_row + eps); interpolated by strength
+                    calc = (w + scale * (b @ a)) * (dora / (w.norm(dim=1, keepdim=True) + torch.finfo(w.dtype).eps))
+                    out[key] = (w + strength * (calc - w)).to(base[key].dtype)
+                loaded |= {prefix + up, prefix + down} | {prefix + t for t, v in ((".alpha", alpha),
+                                                                                  (".dora_scale", dora)) if v is not None}
     assert set(lora) == loaded, f"lora key not loaded: {sorted(set(lora) - loaded)[:3]}"
     return out
 
@@ -358,7 +364,38 @@ def test_golden_transformer_comfyui_and_merge(golden, tmp_path):
     assert rel_l2(got, want) <= TOL
 
 
-# ---- (6) bad input ----
+# ---- (6) DoRA ----
+
+def test_dora_exports_match_peft(tmp_path, capsys):
+    """ComfyUI's DoRA rule on our export (dora_scale from the base) == peft's DoRA model; generate's fuse too."""
+    from acetune.lora.fuse import fuse_loras
+
+    base, peft_net, folder = make_lora(tmp_path, {**CONFIGS["plain"], "use_dora": True})
+    ckpt = tmp_path / "ckpt"
+    write_transformer(ckpt / V1_TRANSFORMER_DIR, base.state_dict())
+    x = torch.randn(3, 5, 12)
+    with torch.no_grad():
+        want = peft_net(x)
+    assert rel_l2(forward_with(base.state_dict(), x), want) > 1e-2
+    comfy, plain = tmp_path / "comfy.safetensors", tmp_path / "peft.safetensors"
+    export("--input_name", folder, "--format", "comfyui", "--checkpoint_dir", ckpt, "--output_name", comfy)
+    lora = load_file(str(comfy))
+    assert sum(k.endswith(".dora_scale") for k in lora) == 16 and not any("magnitude" in k for k in lora)
+    assert rel_l2(forward_with(comfyui_apply(base.state_dict(), lora), x), want) <= TOL
+    export("--input_name", folder, "--output_name", plain)  # peft layout: the magnitude as trained
+    assert sum(k.endswith(".lora_magnitude_vector") for k in load_file(str(plain))) == 16
+    for path in (comfy, plain):  # `acetune generate` fuses either file to the same model
+        net = TinyNet().eval()
+        net.load_state_dict(base.state_dict())
+        fuse_loras(net, [(read_lora(path, if_no_scale=NO_SCALE_ERROR if path == plain else "baked"), 1.0)])
+        with torch.no_grad():
+            assert rel_l2(net(x), want) <= TOL
+    for argv, message in ((["--format", "comfyui"], "--checkpoint_dir"), (["--bake_alpha"], "--checkpoint_dir"),
+                          (["--merge", "--checkpoint_dir", ckpt], "--merge"), (["--resize", 2], "--resize")):
+        assert message in _error_line(capsys, ["--input_name", folder, *argv])
+
+
+# ---- (7) bad input ----
 
 def _error_line(capsys, argv) -> str:
     capsys.readouterr()
@@ -398,7 +435,7 @@ def test_bad_inputs(tmp_path, capsys):
         assert f.metadata() == lk.SAVED_METADATA
 
 
-# ---- (7) the three ACE-Step 1.5 export bugs of issue 13 ----
+# ---- (8) the three ACE-Step 1.5 export bugs of issue 13 ----
 
 
 @pytest.fixture(scope="module")

@@ -71,3 +71,20 @@ def read_base_weights(folder: Path, names: list[str]) -> dict[str, torch.Tensor]
         raise CheckpointError(f"{len(missing)} adapted weights are not in the base model (first: {missing[0]!r})",
                               path=folder, fix="pass the base checkpoint the adapter was trained on")
     return found
+
+
+def with_comfyui_dora_scale(modules: dict, folder: Path) -> dict:
+    """`{module: LoraModule}` with each peft magnitude replaced by ComfyUI's `dora_scale` (base weights from `folder`)."""
+    from acetune.lora.file import LoraModule
+
+    need = [m for m, mod in modules.items() if mod.magnitude is not None]
+    weights = read_base_weights(folder, [f"{m}.weight" for m in need])
+    out = dict(modules)
+    for m in need:
+        mod, w = modules[m], weights[f"{m}.weight"]
+        delta = mod.scale * (mod.b.double() @ mod.a.double())
+        if tuple(w.shape) != tuple(delta.shape):
+            raise CheckpointError(f"{m}: base weight {tuple(w.shape)} does not fit the LoRA's {tuple(delta.shape)}",
+                                  path=folder, fix="pass the base checkpoint the LoRA was trained on")
+        out[m] = LoraModule(mod.a, mod.b, mod.scale, None, dora_scale_for_comfyui(mod.magnitude, w, delta))
+    return out

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,10 @@ from safetensors.torch import save_file
 
 from acetune.cli import arg
 from acetune.errors import CheckpointError, UsageError
-from acetune.layout import CONFIG_FILE, V1_TRANSFORMER_DIR, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
+from acetune.layout import V1_TRANSFORMER_DIR
 from acetune.lora import keys as lk
 from acetune.lora.check import check_finite, check_widths, weight_shapes
+from acetune.lora.dora import with_comfyui_dora_scale
 from acetune.lora.file import (
     NO_SCALE_BAKED,
     NO_SCALE_ERROR,
@@ -38,7 +38,7 @@ from acetune.lora.file import (
     read_lora,
 )
 from acetune.lora.import_15 import looks_like_v15, resolve_adapter_file
-from acetune.progress import progress
+from acetune.lora.merge import merge_into_transformer, resolve_transformer_dir
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def bake(mod: LoraModule) -> LoraModule:
     if mod.scale == 1.0:
         return mod
     s = math.sqrt(mod.scale)  # same arithmetic as the fork: tensor (stored dtype) times a Python float
-    return LoraModule(mod.a * s, mod.b * s, 1.0)
+    return LoraModule(mod.a * s, mod.b * s, 1.0, mod.magnitude, mod.dora_scale)  # DoRA: ‖W + BA‖ is unchanged
 
 
 def svd_resize(mod: LoraModule, rank: int | None = None, energy: float | None = None,
@@ -159,6 +159,7 @@ def describe_config(modules: dict[str, LoraModule], base: dict | None) -> dict:
     cfg.setdefault("target_modules", sorted(modules))
     cfg["r"] = r0
     cfg["rank_pattern"] = {m: r for m, r in sorted(ranks.items()) if r != r0}
+    cfg["use_dora"] = any(mod.magnitude is not None for mod in modules.values())
     if base is not None and all(math.isclose(
             peft_scale(pattern_value(base.get("alpha_pattern"), m, base["lora_alpha"]), mod.rank,
                        bool(base.get("use_rslora", False))), mod.scale, rel_tol=1e-6) for m, mod in modules.items()):
@@ -185,6 +186,9 @@ def write_lora(path: Path, modules: dict[str, LoraModule], style: str, write_alp
         parts = {lk.LORA_A: mod.a.contiguous(), lk.LORA_B: mod.b.contiguous()}
         if write_alpha:
             parts[lk.ALPHA] = torch.tensor(mod.scale * mod.rank, dtype=torch.float32)
+        for kind, t in ((lk.MAGNITUDE, mod.magnitude), (lk.DORA_SCALE, mod.dora_scale)):
+            if t is not None:
+                parts[kind] = t.contiguous()
         tensors[name] = parts
     metadata = dict(lk.SAVED_METADATA)
     metadata[lk.ADAPTER_METADATA_KEY] = json.dumps(config, sort_keys=True)
@@ -214,70 +218,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-# ---- merge ----
-
-def resolve_transformer_dir(checkpoint_dir: str) -> Path:
-    """The `ace_step_transformer/` folder inside `checkpoint_dir`, or `checkpoint_dir` itself."""
-    root = Path(checkpoint_dir)
-    for cand in (root / V1_TRANSFORMER_DIR, root):
-        if (cand / CONFIG_FILE).is_file() and ((cand / WEIGHTS_FILE).is_file() or (cand / WEIGHTS_INDEX_FILE).is_file()):
-            return cand
-    raise CheckpointError(f"no transformer found (need {CONFIG_FILE} and {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE})",
-                          path=root, fix=f"pass the checkpoint folder holding {V1_TRANSFORMER_DIR}/")
-
-
-def merge_into_transformer(modules: dict[str, LoraModule], src: Path, out: Path, strength: float = 1.0) -> int:
-    """Write `out` = `src` with W += strength * scale * B @ A on every targeted `<module>.weight`.
-
-    The sum is done in fp32 and cast back to the stored dtype; shards, index and config are kept as
-    they are. `out` is built in a temp folder and renamed into place. Returns the modules merged.
-    """
-    if (src / WEIGHTS_INDEX_FILE).is_file():
-        index = json.loads((src / WEIGHTS_INDEX_FILE).read_text(encoding="utf-8"))
-        shards = sorted(set(index["weight_map"].values()))
-    else:
-        shards = [WEIGHTS_FILE]
-    where = {}
-    for shard in shards:
-        with safe_open(str(src / shard), framework="pt") as f:
-            where.update({k: shard for k in f.keys()})
-    targets = {f"{m}.weight": mod for m, mod in modules.items()}
-    missing = sorted(set(targets) - set(where))
-    if missing:
-        raise CheckpointError(f"{len(missing)} LoRA modules are not in this transformer (first: {missing[0]!r})",
-                              path=src, fix="merge into the model the LoRA was trained on")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        for item in src.iterdir():
-            if item.is_file() and item.name not in shards:
-                shutil.copy2(item, tmp / item.name)
-        for shard in progress(shards, desc="merge", unit="shard"):
-            with safe_open(str(src / shard), framework="pt") as f:
-                metadata = f.metadata() or dict(lk.SAVED_METADATA)
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-            for key in [k for k in tensors if k in targets]:
-                w, mod = tensors[key], targets[key]
-                if tuple(w.shape) != (mod.b.shape[0], mod.a.shape[1]):
-                    raise CheckpointError(f"{key}: weight {tuple(w.shape)} does not fit LoRA "
-                                          f"B {tuple(mod.b.shape)} @ A {tuple(mod.a.shape)}", path=src / shard,
-                                          fix="merge into the model the LoRA was trained on")
-                delta = mod.b.float() @ mod.a.float()
-                tensors[key] = (w.float() + (strength * mod.scale) * delta).to(w.dtype)
-            save_file(tensors, str(tmp / shard), metadata=metadata)
-            del tensors
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return len(targets)
 
 
 # ---- command ----
@@ -345,6 +285,19 @@ def run(args: Args) -> int:
     else:
         logger.warning("%s: layer widths not checked (no train_config.json beside it): pass --checkpoint_dir "
                        "to check them against the model", path)
+    for_comfyui = args.format != "peft" or args.bake_alpha or args.write_alpha
+    if any(m.dora for m in modules.values()):
+        refused = [msg for bad, msg in (
+            (args.merge, "--merge of a DoRA LoRA is not available"),
+            (args.resize is not None or args.resize_energy is not None,
+             "--resize cannot keep a DoRA LoRA exact (its magnitude normalises the full delta)"),
+            (for_comfyui and not args.checkpoint_dir and any(m.magnitude is not None for m in modules.values()),
+             "DoRA for ComfyUI needs the base weights (ComfyUI normalises by the base row norm): add --checkpoint_dir"),
+        ) if bad]
+        if refused:
+            raise UsageError("; ".join(refused), path=path)
+        if for_comfyui:
+            modules = with_comfyui_dora_scale(modules, resolve_transformer_dir(args.checkpoint_dir))
 
     if args.merge:
         src = resolve_transformer_dir(args.checkpoint_dir)

@@ -59,6 +59,8 @@ class Args:
                                 "use_rslora); add linear_q/linear_k/linear_v to adapt the lyric encoder too")
     adapter: str = arg("lora", choices=("lora", "lokr"), help="adapter kind; lokr (peft LoKr, ACE-Step 1.5 only) "
                        "reads r, alpha (or lora_alpha), target_modules and LoKr fields from --lora_config_path")
+    dora: bool = arg(False, help="DoRA (peft use_dora): also learn a per-output magnitude; export for ComfyUI "
+                     "then needs --checkpoint_dir (see docs/export.md)")
     output_dir: str = arg("", help="where step-NNNNNN/ checkpoints and logs go (default: checkpoints/<exp_name>)")
     exp_name: str = arg("acetune_lora", help="run name (wandb run, default output folder)")
     # optimisation
@@ -136,6 +138,8 @@ class Args:
             problems.append("--gradient_clip_val and --ssl_coeff must be >= 0")
         if self.resume and self.resume_from:
             problems.append("--resume and --resume_from both given; choose one")
+        if self.dora and (self.adapter != "lora" or self.int8 or self.init_lora):
+            problems.append("--dora works with --adapter lora only, without --int8 and --init_lora")
         if self.validation_lyrics and not self.validation_prompt:
             problems.append("--validation_lyrics needs --validation_prompt")
         if problems:
@@ -237,6 +241,8 @@ def build_run(args: Args, echo=print):
     hf_dataset, meta = load_dataset(args.dataset_path)
     check_dataset(meta, family, checkpoint_dir, args.dataset_path)
     lora_config = _lora_config(args)
+    if args.dora:
+        lora_config["use_dora"] = True
     compute_dtype, lora_dtype, autocast = PRECISIONS[args.precision]
 
     accelerator = Accelerator(cpu=args.device == "cpu")

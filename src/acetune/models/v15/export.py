@@ -202,7 +202,7 @@ def export(args, path: Path, default_output) -> int:
 
 
 def _merge(args, adapter: Adapter15, what: str, default_output) -> int:
-    from acetune.stages.export import merge_into_transformer
+    from acetune.lora.merge import merge_into_transformer
 
     src = resolve_transformer_dir(args.checkpoint_dir)
     out = Path(args.output_name) if args.output_name else default_output("_merged", "") / TRANSFORMER_DIR

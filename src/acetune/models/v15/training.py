@@ -75,7 +75,9 @@ class AdapterSetup:
         name_ = self._setup.adapter_name
         out = {}
         for name, param in model.named_parameters():
-            if name.endswith(f".{name_}.weight") and any(f in name for f in _LORA_FACTORS):
+            if name.endswith(f".lora_magnitude_vector.{name_}.weight"):  # DoRA: saved as `<module>.lora_magnitude_vector`
+                out[name[: -len(f".{name_}.weight")]] = param
+            elif name.endswith(f".{name_}.weight") and any(f in name for f in _LORA_FACTORS):
                 out[name.replace(f".{name_}.weight", ".weight")] = param
             elif name.endswith(f".{name_}") and ".lokr_" in name:
                 out[name[: -len(name_) - 1]] = param
