@@ -204,3 +204,42 @@ def test_export_write_alpha_and_merge(v15_prepared, tmp_path, capsys):
                 return_dict=False)
     with torch.no_grad():
         torch.testing.assert_close(model(**args)[0], pipe.transformer(**args)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_dora_trains_and_exports_exactly(v15_prepared, tmp_path):
+    """`--dora` on 1.5: the magnitude is trained and resumed; the ComfyUI export (dora_scale from the base
+    weights) under ComfyUI's DoRA rule gives peft's merged DoRA weights."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from tests.lora.test_import_15 import comfyui_apply
+
+    from acetune.lora.keys import v15_module
+
+    checkpoint, prep = v15_prepared
+    out = tmp_path / "out"
+    argv = _argv(checkpoint, prep, out, "--max_steps", "1", "--dora")
+    assert run_command("train", argv) == 0
+    argv[argv.index("--max_steps") + 1] = "2"
+    assert run_command("train", [*argv, "--resume"]) == 0
+    state = load_file(str(out / "step-000002" / "pytorch_lora_weights.safetensors"))
+    assert sum(k.endswith(".lora_magnitude_vector") for k in state) == 16
+    comfy = tmp_path / "comfy.safetensors"
+    assert run_command("export", ["--input_name", str(out / "step-000002"), "--format", "comfyui",
+                                  "--checkpoint_dir", str(checkpoint), "--output_name", str(comfy)]) == 0
+    lora = load_file(str(comfy))
+    assert sum(k.endswith(".dora_scale") for k in lora) == 16
+
+    run_ = _build(_argv(checkpoint, prep, tmp_path / "again", "--dora"))
+    model = run_.model
+    base = {f"diffusion_model.decoder.{v15_module(k[:-len('.base_layer.weight')])}.weight": v.detach().clone()
+            for k, v in model.state_dict().items() if k.endswith(".base_layer.weight")}
+    run_.setup.load_lora_state(model, state)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.merge()
+    want = {f"diffusion_model.decoder.{v15_module(k[:-len('.base_layer.weight')])}.weight": v
+            for k, v in model.state_dict().items() if k.endswith(".base_layer.weight")}
+    got = comfyui_apply(base, lora)
+    worst = max(((got[k] - want[k].double()).norm() / want[k].double().norm()).item() for k in want)
+    assert worst <= 1e-5, worst
+    assert min((want[k].double() - base[k].double()).norm().item() for k in want) > 0
