@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,6 +161,19 @@ def assert_close(got: dict, want: dict) -> None:
     assert worst <= TOL, worst
 
 
+def merged_into_dit(transformer_dir: Path, source) -> dict:
+    """ComfyUI-named weights of the tiny diffusers DiT after `adapters.merge_comfyui_file` (generate's path)."""
+    from diffusers import AceStepTransformer1DModel
+
+    from acetune.lora.import_15 import resolve_adapter_file
+    from acetune.models.v15.adapters import merge_comfyui_file
+
+    model = AceStepTransformer1DModel.from_pretrained(str(transformer_dir))
+    merge_comfyui_file(model, resolve_adapter_file(source))
+    return {f"diffusion_model.decoder.{lk.v15_module(n)}.weight": m.weight.detach() for n, m in model.named_modules()
+            if lk.v15_module(n) and isinstance(m, torch.nn.Linear)}
+
+
 # ---- one test per layout ----
 
 def _official(tree, tmp_path):
@@ -236,6 +250,8 @@ def test_layout_converts_to_comfyui_at_trained_strength(tiny, tmp_path, layout):
     lora = load_file(str(out))
     assert all(k.startswith("base_model.model.layers.") for k in lora)
     assert_close(comfyui_apply(comfy_base(tree), lora), want)
+    # `acetune generate --lora` merges the source file itself into the diffusers DiT at the same weights
+    assert_close(merged_into_dit(tiny[1], source), want)
     # ...and reading our own export back (its metadata says baked) changes nothing
     again = tmp_path / "again.safetensors"
     export("--input_name", out, "--format", "comfyui", "--output_name", again)
@@ -319,6 +335,8 @@ def test_dora_export_matches_peft(tiny, tmp_path, capsys):
     lora = load_file(str(out))
     assert sum(k.endswith(".dora_scale") for k in lora) == 22
     assert_close(comfyui_apply(comfy_base(tree), lora), want)
+    for source in (tmp_path / "dora", out):  # generate's merge: peft's magnitude, or our dora_scale
+        assert_close(merged_into_dit(transformer, source), want)
     capsys.readouterr()
     for argv, message in ((["--format", "comfyui"], "--checkpoint_dir"), (["--format", "peft"], "plain LoRA only"),
                           (["--merge", "--checkpoint_dir", str(transformer)], "--merge")):

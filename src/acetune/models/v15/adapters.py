@@ -128,8 +128,10 @@ def comfyui_deltas(state: dict[str, torch.Tensor], strength: float = 1.0) -> dic
     """Weight deltas ComfyUI computes from a ComfyUI-layout file (its `.alpha`/rank rule; none = 1.0).
 
     Returns original module path (`layers.0.self_attn.q_proj`) -> delta (out, in). Used to check the
-    export and to apply LoKr files, which diffusers cannot load.
+    export. A DoRA file's delta depends on the base weights: `merge_comfyui_file` applies those.
     """
+    if any(k.endswith(".dora_scale") for k in state):
+        raise ValueError("a DoRA file has no weight-independent delta; use merge_comfyui_file")
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         module, _, leaf = key.removeprefix(COMFYUI_PREFIX).rpartition(".")
@@ -158,17 +160,30 @@ def diffusers_name(original: str) -> str:
 
 @torch.no_grad()
 def merge_comfyui_file(transformer, path: str | Path, strength: float = 1.0) -> int:
-    """Add a ComfyUI-layout LoRA/LoKr file's deltas into `transformer`'s weights; returns modules merged."""
-    from safetensors.torch import load_file
+    """Merge any 1.5 adapter file (every layout `lora.import_15` reads; LoRA, LoKr, DoRA) into `transformer`
+    at `strength` as ComfyUI would: W += strength · delta; DoRA: W += strength · (W_dora - W). Returns modules."""
+    from acetune.errors import InputError
+    from acetune.lora import keys as lk
+    from acetune.lora.dora import comfyui_dora_weight, peft_dora_weight
+    from acetune.lora.import_15 import read_adapter_15
+    from acetune.models.v15.export import delta
 
+    adapter = read_adapter_15(path)
     modules = dict(transformer.named_modules())
-    state = load_file(str(path))
-    check_finite(state, path)
-    deltas = comfyui_deltas(state, strength)
-    for name, delta in deltas.items():
-        linear = modules[diffusers_name(name)]
-        linear.weight += delta.to(linear.weight)
-    return len(deltas)
+    for name in adapter.modules:
+        linear = modules.get(lk.v15_diffusers_module(name))
+        if linear is None or tuple(linear.weight.shape) != tuple(delta(adapter, name).shape):
+            raise InputError(f"adapter module {name} does not fit this model", path=adapter.path,
+                             fix="use an adapter trained on this ACE-Step 1.5 checkpoint")
+    for name, parts in adapter.modules.items():
+        weight = modules[lk.v15_diffusers_module(name)].weight
+        d = delta(adapter, name).to(weight.device)
+        if lk.MAGNITUDE in parts:
+            d = peft_dora_weight(weight, d, parts[lk.MAGNITUDE].to(weight.device)) - weight.double()
+        elif lk.DORA_SCALE in parts:
+            d = comfyui_dora_weight(weight, d, parts[lk.DORA_SCALE].to(weight.device)) - weight.double()
+        weight += (strength * d).to(weight)
+    return len(adapter.modules)
 
 
 # ---- files written by `acetune train` (saved layout: bare diffusers module paths) ----
