@@ -6,6 +6,9 @@ a `.alpha` tensor exists). So for ComfyUI at strength 1.0 either bake the scale 
 woct0rdho fork's `bake_alpha_in_lora.py`: both times sqrt(scale)) or write `.alpha = scale * r`.
 The scale is read from, in order: `.alpha` tensors in the file, `--lora_config_path`, the config
 diffusers embeds in the file's metadata, `adapter_config.json` next to the file, `--assume_baked`.
+
+ACE-Step 1.5 adapters (recognised by their key names, any trainer's layout) go to `models/v15/export.py`.
+DoRA: a ComfyUI-bound export writes `dora_scale` from the base weights (`--checkpoint_dir`, `lora/dora.py`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ EXAMPLES = """examples:
   acetune export --input_name ckpt/epoch=3-step=400_lora --format comfyui --write_alpha
   # shrink to the rank that keeps 99% of each layer's energy:
   acetune export --input_name lora.safetensors --resize_energy 0.99 --bake_alpha
+  # any ACE-Step 1.5 LoRA (official trainer, Side-Step, LyCORIS LoKr, diffusers) -> ComfyUI at strength 1.0:
+  acetune export --input_name official_lora_folder --format comfyui
+  # a --dora run for ComfyUI (dora_scale needs the base weights):
+  acetune export --input_name ckpt/step-000400 --format comfyui --checkpoint_dir ACE-Step-v1-3.5B
   # merge into the base transformer at strength 0.8:
   acetune export --input_name lora.safetensors --merge --checkpoint_dir ACE-Step-v1-3.5B --strength 0.8
 """
@@ -60,8 +67,9 @@ FORMATS = {"peft": lk.STYLE_BARE, "comfyui": lk.STYLE_COMFYUI, "kohya": lk.STYLE
 
 @dataclass
 class Args:
-    input_name: str = arg(help="LoRA .safetensors file, or a checkpoint folder holding "
-                               "pytorch_lora_weights.safetensors", aliases=("--input",))
+    input_name: str = arg(help="LoRA .safetensors file, or a folder holding pytorch_lora_weights.safetensors "
+                               "or adapter_model.safetensors (v1, or any ACE-Step 1.5 layout: found from the keys)",
+                          aliases=("--input",))
     output_name: str | None = arg(None, help="output .safetensors file, or a folder (then weights + "
                                              "adapter_config.json go inside); default: next to the input",
                                   aliases=("--output",))
@@ -81,8 +89,9 @@ class Args:
                                                  "fraction of the delta's squared singular values (e.g. 0.99)")
     merge: bool = arg(False, help="merge the LoRA into the base transformer and write a full "
                                   "ace_step_transformer folder")
-    checkpoint_dir: str | None = arg(None, help="the official checkpoint folder (holding ace_step_transformer/) or "
-                                                "the transformer folder itself: --merge merges into it; otherwise "
+    checkpoint_dir: str | None = arg(None, help="the base checkpoint (v1: holding ace_step_transformer/; 1.5: the "
+                                                "diffusers folder) or its transformer folder: --merge merges into it, a "
+                                                "DoRA export for ComfyUI reads the base weights (dora_scale); otherwise "
                                                 "the LoRA's widths are checked against its layers (default: the "
                                                 "checkpoint_dir in train_config.json beside the LoRA)")
     overwrite: bool = arg(False, help="replace an existing --output_name that holds something else")
