@@ -431,6 +431,7 @@ def test_bad_inputs(tmp_path, capsys):
     assert "--merge only" in _error_line(capsys, ["--input_name", weights, "--strength", 0.5])
     assert "input file" in _error_line(capsys, ["--input_name", weights, "--output_name", weights])
     assert "no transformer" in _error_line(capsys, ["--input_name", weights, "--merge", "--checkpoint_dir", tmp_path])
+
     with safe_open(str(weights), "pt") as f:  # the input was never touched
         assert f.metadata() == lk.SAVED_METADATA
 
@@ -474,11 +475,20 @@ def test_bug1_bake_alpha_on_15_step_writes_baked_comfyui_file(tiny, tmp_path, ho
     assert_close(comfyui_apply_15(comfy_base(tree), lora), want)
 
 
-def test_bug1_flags_that_cannot_apply_are_refused(tiny, tmp_path, capsys):
+def test_bug1_every_flag_applies_or_is_refused(tiny, tmp_path, capsys):
     tree, _ = tiny
-    step, _ = _v15_step(tree, tmp_path)
+    step, want = _v15_step(tree, tmp_path)
     assert "--format comfyui" in _error_line(capsys, ["--input_name", step, "--bake_alpha", "--format", "peft"])
-    assert "--resize" in _error_line(capsys, ["--input_name", step, "--resize", 2, "--format", "comfyui"])
+    capsys.readouterr()
+    resized = tmp_path / "r2.safetensors"
+    export("--input_name", step, "--resize", 2, "--format", "comfyui", "--output_name", resized)
+    report = kept_energies(capsys.readouterr().out)
+    assert len(report) == 16 and all(r == (4, 2, report[m][2]) for m, r in report.items())
+    base = {k: v.double() for k, v in comfy_base(tree).items()}
+    got = comfyui_apply_15(comfy_base(tree), load_file(str(resized)))
+    for m, (_, _, kept) in report.items():
+        key = f"diffusion_model.decoder.{m}.weight"
+        assert abs(rel_l2(got[key] - base[key], want[key].double() - base[key]) - math.sqrt(1 - kept)) < 1e-5
     # the diffusers layout to a .safetensors name is that file
     out = tmp_path / "d.safetensors"
     export("--input_name", step, "--output_name", out)

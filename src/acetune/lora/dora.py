@@ -73,18 +73,27 @@ def read_base_weights(folder: Path, names: list[str]) -> dict[str, torch.Tensor]
     return found
 
 
+def check_fits(modules: dict, folder: Path) -> dict[str, torch.Tensor]:
+    """The base weight `<module>.weight` of every `LoraModule` in `modules`; CheckpointError if one is missing
+    or its shape is not (rows of B, columns of A)."""
+    weights = read_base_weights(folder, [f"{m}.weight" for m in modules])
+    for m, mod in modules.items():
+        w = weights[f"{m}.weight"]
+        if tuple(w.shape) != (mod.b.shape[0], mod.a.shape[1]):
+            raise CheckpointError(f"{m}: base weight {tuple(w.shape)} does not fit the LoRA's "
+                                  f"({mod.b.shape[0]}, {mod.a.shape[1]})", path=folder,
+                                  fix="pass the base checkpoint the LoRA was trained on")
+    return weights
+
+
 def with_comfyui_dora_scale(modules: dict, folder: Path) -> dict:
     """`{module: LoraModule}` with each peft magnitude replaced by ComfyUI's `dora_scale` (base weights from `folder`)."""
     from acetune.lora.file import LoraModule
 
-    need = [m for m, mod in modules.items() if mod.magnitude is not None]
-    weights = read_base_weights(folder, [f"{m}.weight" for m in need])
+    weights = check_fits(modules, folder)
     out = dict(modules)
-    for m in need:
+    for m in [m for m, mod in modules.items() if mod.magnitude is not None]:
         mod, w = modules[m], weights[f"{m}.weight"]
         delta = mod.scale * (mod.b.double() @ mod.a.double())
-        if tuple(w.shape) != tuple(delta.shape):
-            raise CheckpointError(f"{m}: base weight {tuple(w.shape)} does not fit the LoRA's {tuple(delta.shape)}",
-                                  path=folder, fix="pass the base checkpoint the LoRA was trained on")
         out[m] = LoraModule(mod.a, mod.b, mod.scale, None, dora_scale_for_comfyui(mod.magnitude, w, delta))
     return out

@@ -300,13 +300,13 @@ def run(args: Args) -> int:
             (args.merge, "--merge of a DoRA LoRA is not available"),
             (args.resize is not None or args.resize_energy is not None,
              "--resize cannot keep a DoRA LoRA exact (its magnitude normalises the full delta)"),
-            (for_comfyui and not args.checkpoint_dir and any(m.magnitude is not None for m in modules.values()),
+            (for_comfyui and model is None and any(m.magnitude is not None for m in modules.values()),
              "DoRA for ComfyUI needs the base weights (ComfyUI normalises by the base row norm): add --checkpoint_dir"),
         ) if bad]
         if refused:
             raise UsageError("; ".join(refused), path=path)
-        if for_comfyui:
-            modules = with_comfyui_dora_scale(modules, resolve_transformer_dir(args.checkpoint_dir))
+        if for_comfyui:  # the base: --checkpoint_dir, else the one train_config.json beside the LoRA names
+            modules = with_comfyui_dora_scale(modules, model)
 
     if args.merge:
         src = resolve_transformer_dir(args.checkpoint_dir)

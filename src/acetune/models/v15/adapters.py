@@ -217,25 +217,3 @@ def read_trained_lora(path: str | Path):
     state = load_file(str(weights))
     check_finite(state, weights)
     return state, config
-
-
-def export_trained_lora(path: str | Path, out: str | Path, fmt: str = "diffusers") -> Path:
-    """Convert a trained LoRA (`read_trained_lora`) for a loader; returns the written file.
-
-    fmt "diffusers": `out` is a folder, loaded by `AceStepPipeline.load_lora_weights(out)`.
-    fmt "comfyui": `out` is a .safetensors file (a folder gets `<name>_comfyui.safetensors` inside).
-    """
-    state, config = read_trained_lora(path)
-    out = Path(out)
-    if fmt == "comfyui":
-        if out.suffix != ".safetensors":
-            out = out / "pytorch_lora_weights_comfyui.safetensors"
-        return save_comfyui(state, out, config)
-    if fmt != "diffusers":
-        raise ValueError(f"unknown format {fmt!r}")
-    from diffusers import AceStepPipeline
-
-    out.mkdir(parents=True, exist_ok=True)
-    AceStepPipeline.save_lora_weights(out, transformer_lora_layers=state, weight_name=DIFFUSERS_WEIGHT_NAME,
-                                      transformer_lora_adapter_metadata=_config_metadata(config))
-    return out / DIFFUSERS_WEIGHT_NAME

@@ -10,7 +10,8 @@ kohya or acetune layout; scale from `.alpha`, config or flags). Outputs:
 - `--format peft` (default): the diffusers layout (`transformer.` keys, peft config embedded),
   loaded by `AceStepPipeline.load_lora_weights`. LoRA only (no LoKr, no DoRA).
 - `--merge --checkpoint_dir CKPT [--strength S]`: W += S * scale * B @ A in the transformer folder's
-  safetensors (`stages.export.merge_into_transformer`, as for v1). LoRA only.
+  safetensors (`lora.merge.merge_into_transformer`, as for v1). LoRA only.
+- `--resize RANK` / `--resize_energy F`: SVD-resize each LoRA module first (`stages.export.svd_resize`).
 - DoRA (peft magnitude vectors): ComfyUI formats write `dora_scale` = m ‖W‖_row / ‖W + s B A‖_row
   from the base weights (`--checkpoint_dir`), which ComfyUI applies exactly at strength 1.0.
 """
@@ -116,10 +117,7 @@ def _save(tensors: dict, path: Path, metadata: dict) -> Path:
 
 def lora_modules(adapter: Adapter15) -> dict:
     """{diffusers module path: `lora.file.LoraModule`(a, b, scale)} of a LoRA adapter."""
-    from acetune.lora.file import LoraModule
-
-    return {lk.v15_diffusers_module(m): LoraModule(p[lk.LORA_A].float(), p[lk.LORA_B].float(), adapter.scales[m])
-            for m, p in adapter.modules.items()}
+    return {lk.v15_diffusers_module(m): mod for m, mod in _modules_by_original(adapter).items()}
 
 
 def diffusers_config(adapter: Adapter15) -> dict:
@@ -151,8 +149,8 @@ def write_diffusers(adapter: Adapter15, out: Path) -> Path:
 def _refusals(args, adapter: Adapter15, fmt: str) -> list[str]:
     what = "LoKr" if adapter.kind == "lokr" else "DoRA" if adapter.dora else "LoRA"
     checks = (
-        (args.resize is not None or args.resize_energy is not None,
-         "--resize: not available for ACE-Step 1.5 adapters; export at the trained rank"),
+        ((args.resize is not None or args.resize_energy is not None) and what != "LoRA",
+         f"--resize cannot keep a {what} exact (SVD-resize applies to plain LoRA)"),
         (fmt == "peft" and args.bake_alpha,
          "--bake_alpha with --format peft: the diffusers layout carries its scale in the embedded config; "
          "baking is for ComfyUI: use --format comfyui"),
@@ -179,6 +177,8 @@ def export(args, path: Path, default_output) -> int:
         raise UsageError("; ".join(problems), path=path)
     what = f"{'LoKr' if adapter.kind == 'lokr' else 'DoRA' if adapter.dora else 'LoRA'} ({len(adapter.modules)} " \
            f"modules, {adapter.layout}, scale from {adapter.scale_source})"
+    if args.resize is not None or args.resize_energy is not None:
+        resize(adapter, args.resize, args.resize_energy)
     if args.merge:
         return _merge(args, adapter, what, default_output)
     base = base_weights(adapter, args.checkpoint_dir) if args.checkpoint_dir else None
@@ -199,6 +199,31 @@ def export(args, path: Path, default_output) -> int:
     print(f"read {what}; wrote {out} ({fmt} keys for ComfyUI, {how}"
           f"{', dora_scale from the base weights' if adapter.dora else ''}): load at strength 1.0")
     return 0
+
+
+def resize(adapter: Adapter15, rank: int | None, energy: float | None) -> None:
+    """SVD-resize every LoRA module in place (`stages.export.svd_resize`), printing one line per module."""
+    from acetune.stages.export import svd_resize
+
+    rslora = bool((adapter.config or {}).get("use_rslora", False))
+    kept_all = []
+    print(f"{'module':<40} {'rank':>9}  kept energy")
+    for module, (old, new, kept) in sorted(
+            (m, (mod, *svd_resize(mod, rank, energy, rslora))) for m, mod in _modules_by_original(adapter).items()):
+        adapter.modules[module] = {lk.LORA_A: new.a, lk.LORA_B: new.b}
+        adapter.scales[module] = new.scale
+        kept_all.append(kept)
+        print(f"{module:<40} {old.rank:>4} -> {new.rank:<3} {kept:.6f}")
+    adapter.config = None  # ranks changed: the diffusers config is rebuilt from the new scales
+    print(f"resized {len(kept_all)} modules: kept energy min {min(kept_all):.6f}, "
+          f"mean {sum(kept_all) / len(kept_all):.6f}; relative delta error = sqrt(1 - kept)")
+
+
+def _modules_by_original(adapter: Adapter15) -> dict:
+    from acetune.lora.file import LoraModule
+
+    return {m: LoraModule(p[lk.LORA_A].float(), p[lk.LORA_B].float(), adapter.scales[m])
+            for m, p in adapter.modules.items()}
 
 
 def _merge(args, adapter: Adapter15, what: str, default_output) -> int:
