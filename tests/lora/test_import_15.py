@@ -238,6 +238,7 @@ def _acetune_step(tree, tmp_path):
 
 LAYOUTS = {"official-folder": _official, "official-file": _official_file, "diffusers": _diffusers,
            "sidestep-native": _sidestep("base_model.model."), "sidestep-comfyui": _sidestep("diffusion_model.decoder."),
+           "sidestep-legacy": _sidestep("diffusion_model."), "peft-whole-model": _sidestep("base_model.model.decoder."),
            "lycoris-lokr": _lycoris_lokr, "kohya": _kohya, "acetune-step": _acetune_step}
 
 

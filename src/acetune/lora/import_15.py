@@ -8,9 +8,11 @@ Layouts recognised (key prefix -> where such files come from):
     transformer.<module>                 diffusers (`AceStepPipeline.save_lora_weights`, peft config in the metadata)
     lycoris_<module with _>              LyCORIS (LoKr `lokr_w1`/`lokr_w2`/`_a`/`_b`, LoRA `lora_down`/`lora_up`)
     lora_unet_decoder_<module with _>    kohya
+    diffusion_model.<module>             older Side-Step files
     <module>                             acetune's saved layout (step folders, adapter_config.json beside)
 
-`<module>` is a decoder linear in the original (`self_attn.q_proj`) or diffusers (`self_attn.to_q`) spelling.
+`<module>` is a decoder linear in the original (`self_attn.q_proj`) or diffusers (`self_attn.to_q`) spelling,
+optionally after `decoder.` (peft wrapped around the whole model).
 Tensors: LoRA `lora_A`/`lora_B` (or `lora_down`/`lora_up`), LoKr `lokr_*`, `.alpha`, DoRA's peft
 `lora_magnitude_vector` or ComfyUI's `dora_scale`. Anything else is an error that names the keys.
 
@@ -47,10 +49,11 @@ LAYOUT_DIFFUSERS = "diffusers (transformer.)"
 LAYOUT_LYCORIS = "LyCORIS (lycoris_)"
 LAYOUT_KOHYA = "kohya (lora_unet_decoder_)"
 LAYOUT_SAVED = "acetune saved layout"
+LAYOUT_LEGACY = "diffusion_model. without decoder. (older Side-Step)"
 # (prefix, layout) in the order they are tried; the bare layout last.
 _PREFIXES = ((lk.V15_PEFT_PREFIX, LAYOUT_PEFT), (lk.V15_COMFYUI_PREFIX, LAYOUT_COMFYUI),
              (lk.V15_DIFFUSERS_PREFIX, LAYOUT_DIFFUSERS), (lk.V15_LYCORIS_PREFIX, LAYOUT_LYCORIS),
-             (lk.V15_KOHYA_PREFIX, LAYOUT_KOHYA), ("", LAYOUT_SAVED))
+             (lk.V15_KOHYA_PREFIX, LAYOUT_KOHYA), ("diffusion_model.", LAYOUT_LEGACY), ("", LAYOUT_SAVED))
 # Layouts defined by ComfyUI's loader: without `.alpha` it applies scale 1, so that is what they mean.
 _COMFYUI_ONLY = (LAYOUT_COMFYUI, LAYOUT_LYCORIS, LAYOUT_KOHYA)
 
@@ -69,8 +72,9 @@ def _parse(key: str) -> tuple[str, str, str] | None:
     kind = next(g for g in m.groups() if g)
     stem = key[:m.start()]
     for prefix, layout in _PREFIXES:
-        if stem.startswith(prefix):
-            module = lk.v15_module(stem[len(prefix):])
+        if stem.startswith(prefix):  # peft around the whole model adds "decoder." (LyCORIS: "decoder_")
+            rest = stem[len(prefix):]
+            module = lk.v15_module(rest.removeprefix("decoder.").removeprefix("decoder_"))
             if module is not None:
                 return module, _CANONICAL.get(kind, kind), layout
     return None

@@ -150,6 +150,22 @@ def test_init_lora_reproduces_the_delta(v15_prepared, tmp_path, kind):
         assert run_command("export", ["--input_name", str(step), "--format", "comfyui",
                                       "--output_name", str(tmp_path / "c.safetensors")]) == 0
         sources += [str(tmp_path / "diff" / "pytorch_lora_weights.safetensors"), str(tmp_path / "c.safetensors")]
+        # the official trainer's folder: peft names around the decoder, adapter_model.safetensors + its config
+        from safetensors.torch import save_file
+
+        from acetune.lora.keys import v15_module
+
+        official = tmp_path / "official"
+        official.mkdir()
+        trained_state = load_file(str(step / "pytorch_lora_weights.safetensors"))
+        renamed = {}
+        for key, value in trained_state.items():  # layers.0.self_attn.to_q.lora_A.weight -> ...q_proj.lora_A.weight
+            module, factor, leaf = key.rsplit(".", 2)
+            renamed[f"base_model.model.{v15_module(module)}.{factor}.{leaf}"] = value
+        save_file(renamed, str(official / "adapter_model.safetensors"))
+        (official / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "target_modules": [
+            "q_proj", "k_proj", "v_proj", "o_proj"]}))
+        sources.append(str(official))
         config = {"r": 4, "lora_alpha": 2, "use_rslora": True, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
     else:
         config = {"r": 4, "alpha": 1, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
