@@ -292,6 +292,7 @@ def test_diffusers_output_from_official(tiny, tmp_path):
     assert out.is_file() and all(k.startswith("transformer.layers.") for k in load_file(str(out)))
     back = read_adapter_15(out)
     assert set(back.scales.values()) == {2.0} and back.scale_source == "safetensors metadata"
+    assert back.width == 32  # the tiny decoder's hidden size, read from the shapes
 
 
 def test_unmappable_keys_are_named(tiny, tmp_path, capsys):

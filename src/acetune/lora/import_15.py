@@ -99,12 +99,20 @@ class Adapter15:
     metadata: dict = field(default_factory=dict)
 
     @property
+    def width(self) -> int | None:
+        """The decoder's hidden size, read from the shapes (input width of a self-attention projection)."""
+        for module, parts in sorted(self.modules.items()):
+            if ".self_attn." in module:
+                if lk.LORA_A in parts:
+                    return parts[lk.LORA_A].shape[1]
+                w1 = parts["lokr_w1"] if "lokr_w1" in parts else parts["lokr_w1_b"]
+                w2 = parts["lokr_w2"] if "lokr_w2" in parts else parts["lokr_w2_b"]
+                return w1.shape[1] * w2.shape[1]
+        return None
+
+    @property
     def dora(self) -> bool:
         return any(lk.MAGNITUDE in p or lk.DORA_SCALE in p for p in self.modules.values())
-
-    def rank(self, module: str) -> int:
-        parts = self.modules[module]
-        return parts[lk.LORA_A].shape[0] if lk.LORA_A in parts else lokr_rank(parts) or 0
 
 
 def lokr_rank(parts: dict) -> int | None:

@@ -175,8 +175,9 @@ def export(args, path: Path, default_output) -> int:
     problems = _refusals(args, adapter, fmt)
     if problems:
         raise UsageError("; ".join(problems), path=path)
+    size = {2048: " (1.5 2B)", 2560: " (1.5 XL)"}.get(adapter.width, "")
     what = f"{'LoKr' if adapter.kind == 'lokr' else 'DoRA' if adapter.dora else 'LoRA'} ({len(adapter.modules)} " \
-           f"modules, {adapter.layout}, scale from {adapter.scale_source})"
+           f"modules, decoder width {adapter.width}{size}, {adapter.layout}, scale from {adapter.scale_source})"
     if args.resize is not None or args.resize_energy is not None:
         resize(adapter, args.resize, args.resize_energy)
     if args.merge:
