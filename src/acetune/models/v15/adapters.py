@@ -23,14 +23,15 @@ from pathlib import Path
 
 import torch
 
+from acetune.lora import keys as lk
 from acetune.lora.check import check_finite
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 # diffusers module name -> original 1.5 name (ComfyUI, official trainer); MLP names are shared.
 _ORIGINAL_NAMES = {".to_q.": ".q_proj.", ".to_k.": ".k_proj.", ".to_v.": ".v_proj.", ".to_out.0.": ".o_proj."}
-COMFYUI_PREFIX = "base_model.model."
-DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+COMFYUI_PREFIX = lk.V15_PEFT_PREFIX
+DIFFUSERS_WEIGHT_NAME = lk.LORA_WEIGHTS_FILE
 
 
 def adapter_config(kind: str = "lora", rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
@@ -188,8 +189,8 @@ def merge_comfyui_file(transformer, path: str | Path, strength: float = 1.0) -> 
 
 # ---- files written by `acetune train` (saved layout: bare diffusers module paths) ----
 
-SAVED_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # `lora_keys.LORA_WEIGHTS_FILE`, as the trainer writes
-ADAPTER_CONFIG_FILE = "adapter_config.json"
+SAVED_WEIGHTS_FILE = lk.LORA_WEIGHTS_FILE  # as the trainer writes
+ADAPTER_CONFIG_FILE = lk.ADAPTER_CONFIG_FILE
 
 
 def read_trained_lora(path: str | Path):
