@@ -38,6 +38,7 @@ from safetensors import safe_open
 
 from acetune.errors import InputError
 from acetune.lora import keys as lk
+from acetune.lora.check import check_finite
 from acetune.lora.file import pattern_value, peft_scale
 
 # Metadata our ComfyUI exports carry: the scale is baked into the factors.
@@ -259,6 +260,7 @@ def read_adapter_15(path: str | Path, config_path: str | Path | None = None, ass
     path = resolve_adapter_file(path)
     tensors, metadata = read_safetensors(path)
     grouped, layout = group_keys(tensors, path)
+    check_finite(tensors, path)
     kinds = {module: _check_module(module, parts, path) for module, parts in grouped.items()}
     if len(set(kinds.values())) > 1:
         raise InputError("the file mixes LoRA and LoKr modules", path=path, fix="convert one adapter kind at a time")

@@ -46,6 +46,15 @@ def resolve_transformer_dir(checkpoint_dir: str | Path) -> Path:
                           fix=f"pass the diffusers folder holding {MODEL_INDEX_FILE} and {TRANSFORMER_DIR}/")
 
 
+def trained_checkpoint(path: Path) -> str | None:
+    """The `checkpoint_dir` a `train_config.json` beside the adapter names, if that folder still exists."""
+    try:
+        named = json.loads((path.parent / "train_config.json").read_text(encoding="utf-8")).get("checkpoint_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return named if named and Path(named).is_dir() else None
+
+
 def base_weights(adapter: Adapter15, checkpoint_dir) -> dict[str, torch.Tensor]:
     """{original module: base weight (out, in)}; CheckpointError when a module is missing or does not fit."""
     folder = resolve_transformer_dir(checkpoint_dir)
@@ -102,13 +111,19 @@ def comfyui_tensors(adapter: Adapter15, style: str, write_alpha: bool,
     return out
 
 
-def _save(tensors: dict, path: Path, metadata: dict) -> Path:
+def _save(tensors: dict, path: Path, metadata: dict, overwrite: bool = True) -> Path:
+    """Write atomically; `overwrite=False` refuses to replace a file with other content (as v1's `write_lora`)."""
     from safetensors.torch import save_file
+
+    from acetune.stages.export import _same_safetensors
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        if not overwrite and path.exists() and not (path.is_file() and _same_safetensors(tmp, path)):
+            raise UsageError("exists and holds something else", path=path,
+                             fix="pass --overwrite to replace it, or choose another --output_name")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -171,6 +186,8 @@ def _refusals(args, adapter: Adapter15, fmt: str) -> list[str]:
 def export(args, path: Path, default_output) -> int:
     """The `acetune export` command for a 1.5 adapter (`args`: `stages.export.Args`; `default_output(suffix, ext)`)."""
     adapter = read_adapter_15(path, args.lora_config_path, args.assume_baked)
+    if not args.checkpoint_dir and adapter.dora and not args.merge:
+        args.checkpoint_dir = trained_checkpoint(path)  # a --dora step folder names its base
     fmt = args.format or ("comfyui" if args.bake_alpha or args.write_alpha else "peft")
     problems = _refusals(args, adapter, fmt)
     if problems:
@@ -185,6 +202,10 @@ def export(args, path: Path, default_output) -> int:
     base = base_weights(adapter, args.checkpoint_dir) if args.checkpoint_dir else None
     if fmt == "peft":
         out = Path(args.output_name) if args.output_name else default_output("_diffusers", "")
+        target = out if out.suffix == ".safetensors" else out / lk.LORA_WEIGHTS_FILE
+        if target.exists() and not args.overwrite:
+            raise UsageError("exists already", path=target, fix="pass --overwrite to replace it, or choose another "
+                                                                "--output_name")
         written = write_diffusers(adapter, out)
         print(f"read {what}; wrote {written} (diffusers layout: AceStepPipeline.load_lora_weights)")
         return 0
@@ -194,7 +215,7 @@ def export(args, path: Path, default_output) -> int:
         out = out / "pytorch_lora_weights_comfyui.safetensors"
     if out.resolve() == adapter.path.resolve():
         raise UsageError("--output_name is the input file", path=out, fix="choose another output name")
-    _save(comfyui_tensors(adapter, fmt, args.write_alpha, base), out, COMFYUI_METADATA)
+    _save(comfyui_tensors(adapter, fmt, args.write_alpha, base), out, COMFYUI_METADATA, args.overwrite)
     scales = sorted({round(s, 6) for s in adapter.scales.values()})
     how = ".alpha per module" if args.write_alpha else f"scale {', '.join(f'{s:g}' for s in scales)} baked"
     print(f"read {what}; wrote {out} ({fmt} keys for ComfyUI, {how}"
@@ -234,6 +255,8 @@ def _merge(args, adapter: Adapter15, what: str, default_output) -> int:
     out = Path(args.output_name) if args.output_name else default_output("_merged", "") / TRANSFORMER_DIR
     if out.resolve() == src.resolve():
         raise UsageError("--output_name is the base transformer folder", path=out, fix="choose a new folder")
+    if out.exists() and not args.overwrite:
+        raise UsageError("exists already", path=out, fix="pass --overwrite to replace it, or choose a new folder")
     n = merge_into_transformer(lora_modules(adapter), src, out, args.strength)
     print(f"read {what}; merged {n} modules at strength {args.strength:g} into {out} "
           f"(replace the checkpoint's {TRANSFORMER_DIR}/ with it)")
