@@ -346,3 +346,24 @@ def test_dora_export_matches_peft(tiny, tmp_path, capsys):
                                       str(tmp_path / "x.safetensors"), *argv]) == 1
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and message in err, err
+
+
+def test_checkpoint_dir_checks_widths(tiny, tmp_path, capsys):
+    """--checkpoint_dir (or the one a step's train_config.json names) checks every module against the base."""
+    from diffusers import AceStepTransformer1DModel
+
+    from acetune.models.v15.tiny import tiny_transformer_config
+
+    tree, transformer = tiny
+    source, want = _official(tree, tmp_path)
+    out = tmp_path / "ok.safetensors"
+    export("--input_name", source, "--format", "comfyui", "--checkpoint_dir", transformer.parent, "--output_name", out)
+    assert_close(comfyui_apply(comfy_base(tree), load_file(str(out))), want)
+    wider = tmp_path / "wide" / "transformer"
+    AceStepTransformer1DModel(**{**tiny_transformer_config(), "hidden_size": 64, "intermediate_size": 96}
+                              ).save_pretrained(wider)
+    capsys.readouterr()
+    assert run_command("export", ["--input_name", str(source), "--format", "comfyui", "--checkpoint_dir",
+                                  str(wider.parent), "--output_name", str(tmp_path / "no.safetensors")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "features" in err and not (tmp_path / "no.safetensors").exists()

@@ -27,6 +27,7 @@ import torch
 
 from acetune.errors import CheckpointError, UsageError
 from acetune.lora import keys as lk
+from acetune.lora.check import check_widths, weight_shapes
 from acetune.lora.dora import dora_scale_for_comfyui, read_base_weights
 from acetune.lora.import_15 import ACETUNE_FAMILY_METADATA, LAYOUT_SAVED, Adapter15, read_adapter_15
 from acetune.models.v15.layout import MODEL_INDEX_FILE, TRANSFORMER_DIR
@@ -69,6 +70,15 @@ def base_weights(adapter: Adapter15, checkpoint_dir) -> dict[str, torch.Tensor]:
                                   path=folder, fix="pass the base checkpoint the adapter was trained on")
         out[module] = w
     return out
+
+
+def delta_shape(parts: dict) -> tuple[int, int]:
+    """(out, in) of a module's delta, from the factor shapes alone."""
+    if lk.LORA_A in parts:
+        return parts[lk.LORA_B].shape[0], parts[lk.LORA_A].shape[1]
+    w1 = (parts["lokr_w1"].shape if "lokr_w1" in parts else (parts["lokr_w1_a"].shape[0], parts["lokr_w1_b"].shape[1]))
+    w2 = (parts["lokr_w2"].shape if "lokr_w2" in parts else (parts["lokr_w2_a"].shape[0], parts["lokr_w2_b"].shape[1]))
+    return w1[0] * w2[0], w1[1] * w2[1]
 
 
 def delta(adapter: Adapter15, module: str) -> torch.Tensor:
@@ -186,8 +196,8 @@ def _refusals(args, adapter: Adapter15, fmt: str) -> list[str]:
 def export(args, path: Path, default_output) -> int:
     """The `acetune export` command for a 1.5 adapter (`args`: `stages.export.Args`; `default_output(suffix, ext)`)."""
     adapter = read_adapter_15(path, args.lora_config_path, args.assume_baked)
-    if not args.checkpoint_dir and adapter.dora and not args.merge:
-        args.checkpoint_dir = trained_checkpoint(path)  # a --dora step folder names its base
+    if not args.checkpoint_dir and not args.merge:
+        args.checkpoint_dir = trained_checkpoint(path)  # a step folder names its base (widths, DoRA)
     fmt = args.format or ("comfyui" if args.bake_alpha or args.write_alpha else "peft")
     problems = _refusals(args, adapter, fmt)
     if problems:
@@ -199,7 +209,14 @@ def export(args, path: Path, default_output) -> int:
         resize(adapter, args.resize, args.resize_energy)
     if args.merge:
         return _merge(args, adapter, what, default_output)
-    base = base_weights(adapter, args.checkpoint_dir) if args.checkpoint_dir else None
+    base = None
+    if args.checkpoint_dir and any(lk.MAGNITUDE in p for p in adapter.modules.values()):
+        base = base_weights(adapter, args.checkpoint_dir)  # DoRA: dora_scale needs the values
+    elif args.checkpoint_dir:  # widths only, from the safetensors headers
+        folder = resolve_transformer_dir(args.checkpoint_dir)
+        pairs = {lk.v15_diffusers_module(m): ((1, cols), (rows, 1)) for m, (rows, cols) in
+                 ((m, delta_shape(adapter.modules[m])) for m in adapter.modules)}  # check_widths' (A, B) shapes
+        check_widths(pairs, weight_shapes(folder), adapter.path, folder)
     if fmt == "peft":
         out = Path(args.output_name) if args.output_name else default_output("_diffusers", "")
         target = out if out.suffix == ".safetensors" else out / lk.LORA_WEIGHTS_FILE
