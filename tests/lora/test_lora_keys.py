@@ -96,7 +96,7 @@ def test_split_modules_groups_and_errors(tmp_path):
           "diffusion_model.transformer_blocks.0.attn.to_q.lora_B.weight": b,
           "diffusion_model.transformer_blocks.0.attn.to_q.alpha": torch.tensor(2.0)}
     g = lk.split_modules(sd)
-    assert set(g) == {"transformer_blocks.0.attn.to_q"} and set(g["transformer_blocks.0.attn.to_q"]) == set(lk.KINDS)
+    assert set(g) == {"transformer_blocks.0.attn.to_q"} and set(g["transformer_blocks.0.attn.to_q"]) == {lk.LORA_A, lk.LORA_B, lk.ALPHA}
     path = tmp_path / "x.safetensors"
     bad_cases = [
         ({}, "no LoRA tensors"),

@@ -13,6 +13,17 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tests.lora.test_import_15 import (
+    ATTN,
+    _official,
+    assert_close,
+    build_tiny,
+    comfy_base,
+    renamed,
+    state,
+    trained,
+)
+from tests.lora.test_import_15 import comfyui_apply as comfyui_apply_15
 
 from acetune.cli import run_command
 from acetune.layout import CONFIG_FILE, V1_TRANSFORMER_DIR, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
@@ -28,7 +39,7 @@ TOL = 1e-5
 # ---- ComfyUI's rule, written from ../shared/facts/comfyui-lora.md ----
 
 def comfyui_apply(base: dict, lora: dict, strength: float = 1.0) -> dict:
-    """W += strength * (alpha / rank if `.alpha` else 1) * B @ A for each mapped module.
+    """W += strength * (alpha / rank if `.alpha` else 1) * B @ A for each mapped module (DoRA: `.dora_scale`).
 
     Key map as ComfyUI builds it for v1: for each official `<P>.weight`, the LoRA prefixes `P`,
     `diffusion_model.P` and `lora_unet_<P with . -> _>`; suffix pairs lora_up/lora_down,
@@ -46,10 +57,16 @@ def comfyui_apply(base: dict, lora: dict, strength: float = 1.0) -> dict:
                 if prefix + up not in lora:
                     continue
                 b, a = lora[prefix + up].float(), lora[prefix + down].float()
-                alpha = lora.get(prefix + ".alpha")
+                alpha, dora = lora.get(prefix + ".alpha"), lora.get(prefix + ".dora_scale")
                 scale = float(alpha) / a.shape[0] if alpha is not None else 1.0
-                out[key] = (out[key].float() + strength * scale * (b @ a)).to(base[key].dtype)
-                loaded |= {prefix + up, prefix + down} | ({prefix + ".alpha"} if alpha is not None else set())
+                w = out[key].float()
+                if dora is None:
+                    out[key] = (w + strength * scale * (b @ a)).to(base[key].dtype)
+                else:  # DoRA: W_calc = W + s B A, times dora_scale / (||W||_row + eps); interpolated by strength
+                    calc = (w + scale * (b @ a)) * (dora / (w.norm(dim=1, keepdim=True) + torch.finfo(w.dtype).eps))
+                    out[key] = (w + strength * (calc - w)).to(base[key].dtype)
+                loaded |= {prefix + up, prefix + down} | {prefix + t for t, v in ((".alpha", alpha),
+                                                                                  (".dora_scale", dora)) if v is not None}
     assert set(lora) == loaded, f"lora key not loaded: {sorted(set(lora) - loaded)[:3]}"
     return out
 
@@ -347,7 +364,38 @@ def test_golden_transformer_comfyui_and_merge(golden, tmp_path):
     assert rel_l2(got, want) <= TOL
 
 
-# ---- (6) bad input ----
+# ---- (6) DoRA ----
+
+def test_dora_exports_match_peft(tmp_path, capsys):
+    """ComfyUI's DoRA rule on our export (dora_scale from the base) == peft's DoRA model; generate's fuse too."""
+    from acetune.lora.fuse import fuse_loras
+
+    base, peft_net, folder = make_lora(tmp_path, {**CONFIGS["plain"], "use_dora": True})
+    ckpt = tmp_path / "ckpt"
+    write_transformer(ckpt / V1_TRANSFORMER_DIR, base.state_dict())
+    x = torch.randn(3, 5, 12)
+    with torch.no_grad():
+        want = peft_net(x)
+    assert rel_l2(forward_with(base.state_dict(), x), want) > 1e-2
+    comfy, plain = tmp_path / "comfy.safetensors", tmp_path / "peft.safetensors"
+    export("--input_name", folder, "--format", "comfyui", "--checkpoint_dir", ckpt, "--output_name", comfy)
+    lora = load_file(str(comfy))
+    assert sum(k.endswith(".dora_scale") for k in lora) == 16 and not any("magnitude" in k for k in lora)
+    assert rel_l2(forward_with(comfyui_apply(base.state_dict(), lora), x), want) <= TOL
+    export("--input_name", folder, "--output_name", plain)  # peft layout: the magnitude as trained
+    assert sum(k.endswith(".lora_magnitude_vector") for k in load_file(str(plain))) == 16
+    for path in (comfy, plain):  # `acetune generate` fuses either file to the same model
+        net = TinyNet().eval()
+        net.load_state_dict(base.state_dict())
+        fuse_loras(net, [(read_lora(path, if_no_scale=NO_SCALE_ERROR if path == plain else "baked"), 1.0)])
+        with torch.no_grad():
+            assert rel_l2(net(x), want) <= TOL
+    for argv, message in ((["--format", "comfyui"], "--checkpoint_dir"), (["--bake_alpha"], "--checkpoint_dir"),
+                          (["--merge", "--checkpoint_dir", ckpt], "--merge"), (["--resize", 2], "--resize")):
+        assert message in _error_line(capsys, ["--input_name", folder, *argv])
+
+
+# ---- (7) bad input ----
 
 def _error_line(capsys, argv) -> str:
     capsys.readouterr()
@@ -383,5 +431,84 @@ def test_bad_inputs(tmp_path, capsys):
     assert "--merge only" in _error_line(capsys, ["--input_name", weights, "--strength", 0.5])
     assert "input file" in _error_line(capsys, ["--input_name", weights, "--output_name", weights])
     assert "no transformer" in _error_line(capsys, ["--input_name", weights, "--merge", "--checkpoint_dir", tmp_path])
+
     with safe_open(str(weights), "pt") as f:  # the input was never touched
         assert f.metadata() == lk.SAVED_METADATA
+
+
+# ---- (8) the three ACE-Step 1.5 export bugs of issue 13 ----
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(tiny 1.5 decoder with the original names, its transformer folder): `test_import_15.build_tiny`."""
+    return build_tiny(tmp_path_factory)
+
+
+def _v15_step(tree, tmp_path, keys_prefix: str = ""):
+    """An `acetune train` 1.5 step folder: saved layout, adapter_config.json and train_config.json naming 1.5."""
+    model, want = trained(tree, LoraConfig(r=4, lora_alpha=8, target_modules=ATTN))
+    step = tmp_path / "out" / "step-000004"
+    step.mkdir(parents=True)
+    sd = renamed(state(model), keys_prefix, diffusers=not keys_prefix)
+    save_file(sd, str(step / lk.LORA_WEIGHTS_FILE), metadata=lk.SAVED_METADATA)
+    (step / lk.ADAPTER_CONFIG_FILE).write_text(json.dumps({"r": 4, "lora_alpha": 8, "target_modules": ATTN}))
+    (step / "train_config.json").write_text(json.dumps({"family": "acestep15"}))
+    return step, want
+
+
+@pytest.mark.parametrize("how", ["acetune", "shim"])
+def test_bug1_bake_alpha_on_15_step_writes_baked_comfyui_file(tiny, tmp_path, how):
+    tree, _ = tiny
+    step, want = _v15_step(tree, tmp_path)
+    out = tmp_path / "X.safetensors"
+    if how == "acetune":
+        export("--input_name", step, "--bake_alpha", "--output_name", out)
+    else:
+        proc = subprocess.run([sys.executable, str(REPO / "add_alpha_in_lora.py"), "--input_name", str(step),
+                               "--output_name", str(out)], capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    assert out.is_file()  # a file, not a folder named X.safetensors
+    lora = load_file(str(out))
+    assert lora and all(k.startswith("base_model.model.layers.") for k in lora)
+    assert not any(k.endswith(".alpha") for k in lora)  # baked: ComfyUI applies scale 1
+    assert_close(comfyui_apply_15(comfy_base(tree), lora), want)
+
+
+def test_bug1_every_flag_applies_or_is_refused(tiny, tmp_path, capsys):
+    tree, _ = tiny
+    step, want = _v15_step(tree, tmp_path)
+    assert "--format comfyui" in _error_line(capsys, ["--input_name", step, "--bake_alpha", "--format", "peft"])
+    capsys.readouterr()
+    resized = tmp_path / "r2.safetensors"
+    export("--input_name", step, "--resize", 2, "--format", "comfyui", "--output_name", resized)
+    report = kept_energies(capsys.readouterr().out)
+    assert len(report) == 16 and all(r == (4, 2, report[m][2]) for m, r in report.items())
+    base = {k: v.double() for k, v in comfy_base(tree).items()}
+    got = comfyui_apply_15(comfy_base(tree), load_file(str(resized)))
+    for m, (_, _, kept) in report.items():
+        key = f"diffusion_model.decoder.{m}.weight"
+        assert abs(rel_l2(got[key] - base[key], want[key].double() - base[key]) - math.sqrt(1 - kept)) < 1e-5
+    # the diffusers layout to a .safetensors name is that file
+    out = tmp_path / "d.safetensors"
+    export("--input_name", step, "--output_name", out)
+    assert out.is_file() and all(k.startswith("transformer.layers.") for k in load_file(str(out)))
+
+
+def test_bug2_keys_already_prefixed_are_not_prefixed_twice(tiny, tmp_path):
+    tree, _ = tiny
+    step, want = _v15_step(tree, tmp_path, keys_prefix="base_model.model.")
+    out = tmp_path / "comfy.safetensors"
+    export("--input_name", step, "--format", "comfyui", "--output_name", out)
+    lora = load_file(str(out))
+    assert not any(k.startswith("base_model.model.base_model.") for k in lora)
+    assert_close(comfyui_apply_15(comfy_base(tree), lora), want)  # every key maps, at the trained strength
+
+
+def test_bug3_15_lora_without_train_config_is_accepted(tiny, tmp_path):
+    tree, _ = tiny
+    folder, want = _official(tree, tmp_path)  # official trainer: adapter_model.safetensors + adapter_config.json
+    assert not (folder / "train_config.json").exists()
+    out = tmp_path / "comfy.safetensors"
+    export("--input_name", folder / "adapter_model.safetensors", "--format", "comfyui", "--output_name", out)
+    assert_close(comfyui_apply_15(comfy_base(tree), load_file(str(out))), want)

@@ -46,11 +46,20 @@ SOURCE_NONE = "none (scale 1.0)"
 
 @dataclass
 class LoraModule:
-    """One adapted linear layer: delta W = scale · b @ a, a (r, in), b (out, r)."""
+    """One adapted linear layer: delta W = scale · b @ a, a (r, in), b (out, r).
+
+    DoRA (`acetune.lora.dora`): `magnitude` (peft's m, (out,)) or `dora_scale` (ComfyUI's, (out, 1)).
+    """
 
     a: torch.Tensor
     b: torch.Tensor
     scale: float
+    magnitude: torch.Tensor | None = None
+    dora_scale: torch.Tensor | None = None
+
+    @property
+    def dora(self) -> bool:
+        return self.magnitude is not None or self.dora_scale is not None
 
     @property
     def rank(self) -> int:
@@ -178,5 +187,5 @@ def read_lora(path: str | Path, config_path: str | Path | None = None, *,
             scale = peft_scale(alpha, r, bool(config.get("use_rslora", False)))
         else:
             scale = 1.0
-        modules[name] = LoraModule(a, b, scale)
+        modules[name] = LoraModule(a, b, scale, parts.get(lk.MAGNITUDE), parts.get(lk.DORA_SCALE))
     return LoraFile(path, modules, config, source)

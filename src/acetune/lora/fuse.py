@@ -1,7 +1,8 @@
 """Fuse LoRA files into a model's linear weights at a strength, and undo it.
 
 For every adapted module: `W += strength · scale · B @ A` (A (r, in), B (out, r)), summed over the
-LoRAs in fp32 and cast once to W's dtype. Files are read by `acetune.lora.file.read_lora`, which
+LoRAs in fp32 and cast once to W's dtype. A DoRA module adds `strength · (W_dora - W)` (ComfyUI's
+interpolation), W_dora being peft's (magnitude) or ComfyUI's (`dora_scale`) weight, see `lora.dora`. Files are read by `acetune.lora.file.read_lora`, which
 works out each module's scale with the rule `acetune export` and ComfyUI follow (`.alpha` tensors,
 else the peft config, else 1.0 as for a file exported with `--bake_alpha`).
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from acetune.errors import InputError
+from acetune.lora.dora import comfyui_dora_weight, peft_dora_weight
 from acetune.lora.file import LoraFile
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,11 @@ def fuse_loras(model: torch.nn.Module, loras: Sequence[tuple[LoraFile, float]],
             if strength == 0.0:
                 continue
             delta = (strength * d.scale) * (d.b.to(weight.device, torch.float32) @ d.a.to(weight.device, torch.float32))
+            if d.dora:  # DoRA: the new weight is renormalised, so its delta depends on W (`lora.dora`)
+                plain = delta / strength
+                new = (peft_dora_weight(weight, plain, d.magnitude.to(weight.device)) if d.magnitude is not None
+                       else comfyui_dora_weight(weight, plain, d.dora_scale.to(weight.device)))
+                delta = (strength * (new - weight.double())).float()
             deltas[name] = delta if name not in deltas else deltas[name] + delta
     fused = FusedLoras(model, list(loras))
     for name, delta in deltas.items():

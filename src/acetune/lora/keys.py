@@ -36,7 +36,9 @@ ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 LORA_A = "lora_A"  # down projection, (r, in)
 LORA_B = "lora_B"  # up projection, (out, r)
 ALPHA = "alpha"  # scalar; ComfyUI scale = alpha / r
-KINDS = (LORA_A, LORA_B, ALPHA)
+MAGNITUDE = "lora_magnitude_vector"  # peft DoRA magnitude m, (out,): W' = m * (W + s B A) / ||W + s B A||_row
+DORA_SCALE = "dora_scale"  # ComfyUI's DoRA tensor, (out, 1); ComfyUI divides by the BASE weight's row norm
+KINDS = (LORA_A, LORA_B, ALPHA, MAGNITUDE, DORA_SCALE)
 
 # Key styles we write. "bare" is the saved layout (peft names); ComfyUI accepts all three.
 STYLE_BARE = "bare"
@@ -74,7 +76,45 @@ _SUFFIXES = (
     (re.compile(r"\.lora_down\.weight$"), LORA_A),
     (re.compile(r"\.lora_up\.weight$"), LORA_B),
     (re.compile(r"\.alpha$"), ALPHA),
+    (re.compile(r"\.lora_magnitude_vector(?:\.[A-Za-z_][\w-]*)?(?:\.weight)?$"), MAGNITUDE),
+    (re.compile(r"\.dora_scale$"), DORA_SCALE),
 )
+
+
+# ---- ACE-Step 1.5 decoder names (ComfyUI's `diffusion_model.decoder.<module>`) ----
+# Module paths are kept in the original 1.5 spelling (`layers.0.self_attn.q_proj`, as the official
+# trainer and ComfyUI name them); diffusers spells attention projections `to_q`/`to_k`/`to_v`/`to_out.0`.
+V15_PEFT_PREFIX = "base_model.model."  # peft around the decoder: the official trainer, Side-Step, ours
+V15_COMFYUI_PREFIX = "diffusion_model.decoder."
+V15_DIFFUSERS_PREFIX = "transformer."  # AceStepPipeline.save_lora_weights
+V15_LYCORIS_PREFIX = "lycoris_"  # + module path with "." -> "_"
+V15_KOHYA_PREFIX = "lora_unet_decoder_"  # + module path with "." -> "_"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # peft `save_pretrained`
+# One adapted 1.5 linear in either spelling, with "." or "_" between segments (LyCORIS/kohya flatten it).
+_V15_MODULE = re.compile(r"layers[._](\d+)[._](?:(self_attn|cross_attn)[._](?:([qkvo])_proj|to_([qkv])|(to_out[._]0))"
+                         r"|mlp[._](gate|up|down)_proj)")
+_V15_DIFFUSERS_NAMES = {"q_proj": "to_q", "k_proj": "to_k", "v_proj": "to_v", "o_proj": "to_out.0"}
+
+
+def v15_module(stem: str) -> str | None:
+    """A 1.5 decoder linear in any spelling -> its original path (`layers.0.self_attn.q_proj`), else None.
+
+    >>> v15_module("layers_3_cross_attn_to_out_0")
+    'layers.3.cross_attn.o_proj'
+    """
+    m = _V15_MODULE.fullmatch(stem)
+    if m is None:
+        return None
+    layer, attn, proj, to_proj, to_out, mlp = m.groups()
+    if attn:
+        return f"layers.{layer}.{attn}.{proj or to_proj or 'o'}_proj"
+    return f"layers.{layer}.mlp.{mlp}_proj"
+
+
+def v15_diffusers_module(original: str) -> str:
+    """`layers.0.self_attn.o_proj` -> `layers.0.self_attn.to_out.0` (MLP names are shared)."""
+    head, _, leaf = original.rpartition(".")
+    return f"{head}.{_V15_DIFFUSERS_NAMES.get(leaf, leaf)}"
 
 
 # ---- writing ----
@@ -93,14 +133,15 @@ def kohya_name(module: str) -> str:
 def format_key(module: str, kind: str, style: str = STYLE_BARE) -> str:
     """The key for one tensor of `module` in `style` ("bare", "diffusion_model" or "kohya").
 
-    Kohya keys use `.lora_down.weight`/`.lora_up.weight`; the others `.lora_A.weight`/`.lora_B.weight`.
+    Kohya keys use `.lora_down.weight`/`.lora_up.weight`; the others `.lora_A.weight`/`.lora_B.weight`;
+    `.alpha`, `.lora_magnitude_vector` (peft DoRA) and `.dora_scale` (ComfyUI DoRA) are the same in every style.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown LoRA tensor kind {kind!r}")
     if style == STYLE_KOHYA:
-        suffix = {LORA_A: ".lora_down.weight", LORA_B: ".lora_up.weight", ALPHA: ".alpha"}[kind]
+        suffix = {LORA_A: ".lora_down.weight", LORA_B: ".lora_up.weight"}.get(kind, "." + kind)
         return kohya_name(module) + suffix
-    suffix = {LORA_A: ".lora_A.weight", LORA_B: ".lora_B.weight", ALPHA: ".alpha"}[kind]
+    suffix = {LORA_A: ".lora_A.weight", LORA_B: ".lora_B.weight"}.get(kind, "." + kind)
     if style == STYLE_BARE:
         return module + suffix
     if style == STYLE_COMFYUI:

@@ -6,6 +6,9 @@ a `.alpha` tensor exists). So for ComfyUI at strength 1.0 either bake the scale 
 woct0rdho fork's `bake_alpha_in_lora.py`: both times sqrt(scale)) or write `.alpha = scale * r`.
 The scale is read from, in order: `.alpha` tensors in the file, `--lora_config_path`, the config
 diffusers embeds in the file's metadata, `adapter_config.json` next to the file, `--assume_baked`.
+
+ACE-Step 1.5 adapters (recognised by their key names, any trainer's layout) go to `models/v15/export.py`.
+DoRA: a ComfyUI-bound export writes `dora_scale` from the base weights (`--checkpoint_dir`, `lora/dora.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,10 @@ from safetensors.torch import save_file
 
 from acetune.cli import arg
 from acetune.errors import CheckpointError, UsageError
-from acetune.layout import CONFIG_FILE, V1_TRANSFORMER_DIR, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
+from acetune.layout import V1_TRANSFORMER_DIR
 from acetune.lora import keys as lk
 from acetune.lora.check import check_finite, check_widths, weight_shapes
+from acetune.lora.dora import with_comfyui_dora_scale
 from acetune.lora.file import (
     NO_SCALE_BAKED,
     NO_SCALE_ERROR,
@@ -36,9 +39,9 @@ from acetune.lora.file import (
     peft_scale,
     read_adapter_config,
     read_lora,
-    resolve_lora_path,
 )
-from acetune.progress import progress
+from acetune.lora.import_15 import looks_like_v15, resolve_adapter_file
+from acetune.lora.merge import merge_into_transformer, resolve_transformer_dir
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,10 @@ EXAMPLES = """examples:
   acetune export --input_name ckpt/epoch=3-step=400_lora --format comfyui --write_alpha
   # shrink to the rank that keeps 99% of each layer's energy:
   acetune export --input_name lora.safetensors --resize_energy 0.99 --bake_alpha
+  # any ACE-Step 1.5 LoRA (official trainer, Side-Step, LyCORIS LoKr, diffusers) -> ComfyUI at strength 1.0:
+  acetune export --input_name official_lora_folder --format comfyui
+  # a --dora run for ComfyUI (dora_scale needs the base weights):
+  acetune export --input_name ckpt/step-000400 --format comfyui --checkpoint_dir ACE-Step-v1-3.5B
   # merge into the base transformer at strength 0.8:
   acetune export --input_name lora.safetensors --merge --checkpoint_dir ACE-Step-v1-3.5B --strength 0.8
 """
@@ -60,8 +67,9 @@ FORMATS = {"peft": lk.STYLE_BARE, "comfyui": lk.STYLE_COMFYUI, "kohya": lk.STYLE
 
 @dataclass
 class Args:
-    input_name: str = arg(help="LoRA .safetensors file, or a checkpoint folder holding "
-                               "pytorch_lora_weights.safetensors", aliases=("--input",))
+    input_name: str = arg(help="LoRA .safetensors file, or a folder holding pytorch_lora_weights.safetensors "
+                               "or adapter_model.safetensors (v1, or any ACE-Step 1.5 layout: found from the keys)",
+                          aliases=("--input",))
     output_name: str | None = arg(None, help="output .safetensors file, or a folder (then weights + "
                                              "adapter_config.json go inside); default: next to the input",
                                   aliases=("--output",))
@@ -69,9 +77,10 @@ class Args:
                                                   "the one embedded in the file or adapter_config.json beside it")
     bake_alpha: bool = arg(False, help="multiply A and B by sqrt(scale) so a loader applying B@A at strength "
                                        "1.0 reproduces training (the fork's bake_alpha_in_lora.py)")
-    format: str = arg("peft", choices=tuple(FORMATS), help="key names: peft (bare module paths, saved layout), "
-                      "comfyui (diffusion_model.<module>), kohya (lora_unet_<module>); comfyui/kohya bake "
-                      "alpha unless --write_alpha")
+    format: str | None = arg(None, choices=tuple(FORMATS), help="key names: peft (v1: bare module paths, the saved "
+                             "layout; 1.5: the diffusers layout), comfyui (v1: diffusion_model.<module>; 1.5: "
+                             "base_model.model.<module>), kohya (lora_unet_...); comfyui/kohya bake alpha unless "
+                             "--write_alpha. Default: peft, or comfyui for a 1.5 adapter with --bake_alpha/--write_alpha")
     write_alpha: bool = arg(False, help="keep A and B, write a per-module .alpha tensor (= scale * r) instead "
                                         "of baking")
     resize: int | None = arg(None, help="SVD-resize every module to this rank (at most its current rank)",
@@ -80,8 +89,9 @@ class Args:
                                                  "fraction of the delta's squared singular values (e.g. 0.99)")
     merge: bool = arg(False, help="merge the LoRA into the base transformer and write a full "
                                   "ace_step_transformer folder")
-    checkpoint_dir: str | None = arg(None, help="the official checkpoint folder (holding ace_step_transformer/) or "
-                                                "the transformer folder itself: --merge merges into it; otherwise "
+    checkpoint_dir: str | None = arg(None, help="the base checkpoint (v1: holding ace_step_transformer/; 1.5: the "
+                                                "diffusers folder) or its transformer folder: --merge merges into it, a "
+                                                "DoRA export for ComfyUI reads the base weights (dora_scale); otherwise "
                                                 "the LoRA's widths are checked against its layers (default: the "
                                                 "checkpoint_dir in train_config.json beside the LoRA)")
     overwrite: bool = arg(False, help="replace an existing --output_name that holds something else")
@@ -103,7 +113,7 @@ class Args:
             if not self.checkpoint_dir:
                 problems.append("--merge needs --checkpoint_dir (the base model to merge into)")
             others = [f for f, on in (("--bake_alpha", self.bake_alpha), ("--write_alpha", self.write_alpha),
-                                      ("--format", self.format != "peft"),
+                                      ("--format", self.format not in (None, "peft")),
                                       ("--resize", self.resize is not None or self.resize_energy is not None))
                       if on]
             if others:
@@ -121,7 +131,7 @@ def bake(mod: LoraModule) -> LoraModule:
     if mod.scale == 1.0:
         return mod
     s = math.sqrt(mod.scale)  # same arithmetic as the fork: tensor (stored dtype) times a Python float
-    return LoraModule(mod.a * s, mod.b * s, 1.0)
+    return LoraModule(mod.a * s, mod.b * s, 1.0, mod.magnitude, mod.dora_scale)  # DoRA: ‖W + BA‖ is unchanged
 
 
 def svd_resize(mod: LoraModule, rank: int | None = None, energy: float | None = None,
@@ -158,6 +168,7 @@ def describe_config(modules: dict[str, LoraModule], base: dict | None) -> dict:
     cfg.setdefault("target_modules", sorted(modules))
     cfg["r"] = r0
     cfg["rank_pattern"] = {m: r for m, r in sorted(ranks.items()) if r != r0}
+    cfg["use_dora"] = any(mod.magnitude is not None for mod in modules.values())
     if base is not None and all(math.isclose(
             peft_scale(pattern_value(base.get("alpha_pattern"), m, base["lora_alpha"]), mod.rank,
                        bool(base.get("use_rslora", False))), mod.scale, rel_tol=1e-6) for m, mod in modules.items()):
@@ -184,6 +195,9 @@ def write_lora(path: Path, modules: dict[str, LoraModule], style: str, write_alp
         parts = {lk.LORA_A: mod.a.contiguous(), lk.LORA_B: mod.b.contiguous()}
         if write_alpha:
             parts[lk.ALPHA] = torch.tensor(mod.scale * mod.rank, dtype=torch.float32)
+        for kind, t in ((lk.MAGNITUDE, mod.magnitude), (lk.DORA_SCALE, mod.dora_scale)):
+            if t is not None:
+                parts[kind] = t.contiguous()
         tensors[name] = parts
     metadata = dict(lk.SAVED_METADATA)
     metadata[lk.ADAPTER_METADATA_KEY] = json.dumps(config, sort_keys=True)
@@ -213,70 +227,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-# ---- merge ----
-
-def resolve_transformer_dir(checkpoint_dir: str) -> Path:
-    """The `ace_step_transformer/` folder inside `checkpoint_dir`, or `checkpoint_dir` itself."""
-    root = Path(checkpoint_dir)
-    for cand in (root / V1_TRANSFORMER_DIR, root):
-        if (cand / CONFIG_FILE).is_file() and ((cand / WEIGHTS_FILE).is_file() or (cand / WEIGHTS_INDEX_FILE).is_file()):
-            return cand
-    raise CheckpointError(f"no transformer found (need {CONFIG_FILE} and {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE})",
-                          path=root, fix=f"pass the checkpoint folder holding {V1_TRANSFORMER_DIR}/")
-
-
-def merge_into_transformer(modules: dict[str, LoraModule], src: Path, out: Path, strength: float = 1.0) -> int:
-    """Write `out` = `src` with W += strength * scale * B @ A on every targeted `<module>.weight`.
-
-    The sum is done in fp32 and cast back to the stored dtype; shards, index and config are kept as
-    they are. `out` is built in a temp folder and renamed into place. Returns the modules merged.
-    """
-    if (src / WEIGHTS_INDEX_FILE).is_file():
-        index = json.loads((src / WEIGHTS_INDEX_FILE).read_text(encoding="utf-8"))
-        shards = sorted(set(index["weight_map"].values()))
-    else:
-        shards = [WEIGHTS_FILE]
-    where = {}
-    for shard in shards:
-        with safe_open(str(src / shard), framework="pt") as f:
-            where.update({k: shard for k in f.keys()})
-    targets = {f"{m}.weight": mod for m, mod in modules.items()}
-    missing = sorted(set(targets) - set(where))
-    if missing:
-        raise CheckpointError(f"{len(missing)} LoRA modules are not in this transformer (first: {missing[0]!r})",
-                              path=src, fix="merge into the model the LoRA was trained on")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        for item in src.iterdir():
-            if item.is_file() and item.name not in shards:
-                shutil.copy2(item, tmp / item.name)
-        for shard in progress(shards, desc="merge", unit="shard"):
-            with safe_open(str(src / shard), framework="pt") as f:
-                metadata = f.metadata() or dict(lk.SAVED_METADATA)
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-            for key in [k for k in tensors if k in targets]:
-                w, mod = tensors[key], targets[key]
-                if tuple(w.shape) != (mod.b.shape[0], mod.a.shape[1]):
-                    raise CheckpointError(f"{key}: weight {tuple(w.shape)} does not fit LoRA "
-                                          f"B {tuple(mod.b.shape)} @ A {tuple(mod.a.shape)}", path=src / shard,
-                                          fix="merge into the model the LoRA was trained on")
-                delta = mod.b.float() @ mod.a.float()
-                tensors[key] = (w.float() + (strength * mod.scale) * delta).to(w.dtype)
-            save_file(tensors, str(tmp / shard), metadata=metadata)
-            del tensors
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return len(targets)
 
 
 # ---- command ----
@@ -312,11 +262,28 @@ def trained_family(path: Path):
     return get_family(name) if name else None
 
 
-def run(args: Args) -> int:
-    path = resolve_lora_path(args.input_name)
+def adapter_family(path: Path):
+    """The family whose adapter `path` holds: from `train_config.json` beside it, else from the key names."""
+    from acetune.models.family import get_family
+    from acetune.models.v15.schema import FAMILY_NAME
+
     family = trained_family(path)
+    if family is None:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
+        except Exception:  # unreadable: the v1 reader below reports it in one line
+            return None
+        family = get_family(FAMILY_NAME) if looks_like_v15(keys) else None
+    return family
+
+
+def run(args: Args) -> int:
+    path = resolve_adapter_file(args.input_name)
+    family = adapter_family(path)
     if hasattr(family, "export_lora"):  # a family with its own key layouts (ACE-Step 1.5)
-        return family.export_lora(args, path)
+        return family.export_lora(args, path, lambda suffix, ext: _default_output(args.input_name, suffix, ext))
+    args.format = args.format or "peft"
     lora = read_lora(path, args.lora_config_path,
                      if_no_scale=NO_SCALE_BAKED if args.assume_baked else NO_SCALE_ERROR)
     modules, config = lora.modules, lora.config
@@ -327,6 +294,19 @@ def run(args: Args) -> int:
     else:
         logger.warning("%s: layer widths not checked (no train_config.json beside it): pass --checkpoint_dir "
                        "to check them against the model", path)
+    for_comfyui = args.format != "peft" or args.bake_alpha or args.write_alpha
+    if any(m.dora for m in modules.values()):
+        refused = [msg for bad, msg in (
+            (args.merge, "--merge of a DoRA LoRA is not available"),
+            (args.resize is not None or args.resize_energy is not None,
+             "--resize cannot keep a DoRA LoRA exact (its magnitude normalises the full delta)"),
+            (for_comfyui and model is None and any(m.magnitude is not None for m in modules.values()),
+             "DoRA for ComfyUI needs the base weights (ComfyUI normalises by the base row norm): add --checkpoint_dir"),
+        ) if bad]
+        if refused:
+            raise UsageError("; ".join(refused), path=path)
+        if for_comfyui:  # the base: --checkpoint_dir, else the one train_config.json beside the LoRA names
+            modules = with_comfyui_dora_scale(modules, model)
 
     if args.merge:
         src = resolve_transformer_dir(args.checkpoint_dir)

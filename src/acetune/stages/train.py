@@ -63,6 +63,8 @@ class Args:
                                 "use_rslora); add linear_q/linear_k/linear_v to adapt the lyric encoder too")
     adapter: str = arg("lora", choices=("lora", "lokr"), help="adapter kind; lokr (peft LoKr, ACE-Step 1.5 only) "
                        "reads r, alpha (or lora_alpha), target_modules and LoKr fields from --lora_config_path")
+    dora: bool = arg(False, help="DoRA (peft use_dora): also learn a per-output magnitude; export for ComfyUI "
+                     "then needs --checkpoint_dir (see docs/export.md)")
     output_dir: str = arg("", help="where step-NNNNNN/ checkpoints and logs go (default: checkpoints/<exp_name>)")
     exp_name: str = arg("acetune_lora", help="run name (wandb run, default output folder)")
     recipe: str = arg("acetune", choices=tuple(RECIPES), help="named set of flag values, applied first; flags you "
@@ -163,6 +165,8 @@ class Args:
             problems.append(f"--validation_split must be in [0, 1) (got {self.validation_split})")
         if self.validation_split and self.validation_dataset:
             problems.append("--validation_split and --validation_dataset both given; choose one")
+        if self.dora and (self.adapter != "lora" or self.int8 or self.init_lora):
+            problems.append("--dora works with --adapter lora only, without --int8 and --init_lora")
         if self.validation_lyrics and not self.validation_prompt:
             problems.append("--validation_lyrics needs --validation_prompt")
         if problems:
@@ -239,6 +243,8 @@ def build_run(args: Args, echo=print):
     elif args.timestep_sampling != "auto" or args.cfg_dropout is not None:
         raise UsageError(f"--timestep_sampling and --cfg_dropout are ACE-Step 1.5 settings; {family.name} samples "
                          "logit-normal t with --shift", fix="drop them (v1 uses --shift and --text_dropout)")
+    if args.dora:
+        lora_config["use_dora"] = True
     compute_dtype, lora_dtype, autocast = PRECISIONS[args.precision]
 
     accelerator = Accelerator(cpu=args.device == "cpu")

@@ -26,9 +26,11 @@ from acetune.lora.check import check_finite
 from acetune.lora.keys import (
     ADAPTER_CONFIG_FILE,
     ALPHA,
+    DORA_SCALE,
     LORA_A,
     LORA_B,
     LORA_WEIGHTS_FILE,
+    MAGNITUDE,
     saved_lora_state_dict,
     split_modules,
 )
@@ -127,8 +129,11 @@ class LoraSetup:
                              fix="resume with the same LoRA config")
         with torch.no_grad():
             for module, tensors in parts.items():
-                for kind in (LORA_A, LORA_B):
-                    ours[module][kind].copy_(tensors[kind])
+                if set(tensors) - {ALPHA} != set(ours[module]):
+                    raise UsageError(f"the saved LoRA module {module} has {sorted(tensors)}, this run "
+                                     f"{sorted(ours[module])}", fix="resume with the same LoRA config and --dora")
+                for kind, param in ours[module].items():
+                    param.copy_(tensors[kind].reshape(param.shape))
 
     def embedder_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         params = dict(model.named_parameters())
@@ -162,7 +167,7 @@ def add_lora(model: torch.nn.Module, config: dict, *, adapter_name: str = ADAPTE
                          fix="use module names such as to_q, to_k, to_v, to_out.0, linear_q") from None
     names, params, embedder = [], [], []
     for name, param in model.named_parameters():
-        is_lora = ".lora_A." in name or ".lora_B." in name
+        is_lora = ".lora_A." in name or ".lora_B." in name or f".{MAGNITUDE}." in name  # DoRA: magnitude too
         is_embedder = train_lyrics_embedder and not is_lora and name.startswith(LYRICS_EMBEDDER_MODULES)
         param.requires_grad_(is_lora or is_embedder)
         if is_lora or is_embedder:
@@ -201,10 +206,10 @@ def lora_input_casting(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
 
 
 def _lora_module_params(model: torch.nn.Module, adapter_name: str) -> dict[str, dict[str, torch.nn.Parameter]]:
-    """{module path: {"lora_A": param, "lora_B": param}} of the adapter."""
+    """{module path: {"lora_A": param, "lora_B": param[, "lora_magnitude_vector": param]}} of the adapter."""
     out: dict[str, dict[str, torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        for kind in (LORA_A, LORA_B):
+        for kind in (LORA_A, LORA_B, MAGNITUDE):
             tag = f".{kind}.{adapter_name}.weight"
             if name.endswith(tag):
                 out.setdefault(name[: -len(tag)], {})[kind] = param
@@ -252,6 +257,9 @@ def init_lora_from_file(model: torch.nn.Module, path: str | Path, setup: LoraSet
     ours = _lora_module_params(model, setup.adapter_name)
     parts = split_modules(raw, path=path)
     check_finite(raw, path, "--init_lora")
+    if any(MAGNITUDE in p or DORA_SCALE in p for p in parts.values()) or setup.config.get("use_dora"):
+        raise UsageError("--init_lora with DoRA is not supported (a DoRA delta is not a LoRA delta)", path=path,
+                         fix="start the DoRA run fresh, or use a plain LoRA file and config")
     extra = sorted(set(parts) - set(ours))
     if extra:
         raise UsageError(f"--init_lora adapts {len(extra)} modules this LoRA config does not (first: {extra[0]})",

@@ -150,6 +150,22 @@ def test_init_lora_reproduces_the_delta(v15_prepared, tmp_path, kind):
         assert run_command("export", ["--input_name", str(step), "--format", "comfyui",
                                       "--output_name", str(tmp_path / "c.safetensors")]) == 0
         sources += [str(tmp_path / "diff" / "pytorch_lora_weights.safetensors"), str(tmp_path / "c.safetensors")]
+        # the official trainer's folder: peft names around the decoder, adapter_model.safetensors + its config
+        from safetensors.torch import save_file
+
+        from acetune.lora.keys import v15_module
+
+        official = tmp_path / "official"
+        official.mkdir()
+        trained_state = load_file(str(step / "pytorch_lora_weights.safetensors"))
+        renamed = {}
+        for key, value in trained_state.items():  # layers.0.self_attn.to_q.lora_A.weight -> ...q_proj.lora_A.weight
+            module, factor, leaf = key.rsplit(".", 2)
+            renamed[f"base_model.model.{v15_module(module)}.{factor}.{leaf}"] = value
+        save_file(renamed, str(official / "adapter_model.safetensors"))
+        (official / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "target_modules": [
+            "q_proj", "k_proj", "v_proj", "o_proj"]}))
+        sources.append(str(official))
         config = {"r": 4, "lora_alpha": 2, "use_rslora": True, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
     else:
         config = {"r": 4, "alpha": 1, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
@@ -188,7 +204,7 @@ def test_export_write_alpha_and_merge(v15_prepared, tmp_path, capsys):
     got = adapters.comfyui_deltas(with_alpha)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7)
-    _fails(capsys, "--format comfyui", "export", ["--input_name", str(step), "--write_alpha",
+    _fails(capsys, "--format comfyui", "export", ["--input_name", str(step), "--write_alpha", "--format", "peft",
                                                   "--output_name", str(tmp_path / "x")])
 
     merged = tmp_path / "merged"
@@ -204,3 +220,42 @@ def test_export_write_alpha_and_merge(v15_prepared, tmp_path, capsys):
                 return_dict=False)
     with torch.no_grad():
         torch.testing.assert_close(model(**args)[0], pipe.transformer(**args)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_dora_trains_and_exports_exactly(v15_prepared, tmp_path):
+    """`--dora` on 1.5: the magnitude is trained and resumed; the ComfyUI export (dora_scale from the base
+    weights) under ComfyUI's DoRA rule gives peft's merged DoRA weights."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from tests.lora.test_import_15 import comfyui_apply
+
+    from acetune.lora.keys import v15_module
+
+    checkpoint, prep = v15_prepared
+    out = tmp_path / "out"
+    argv = _argv(checkpoint, prep, out, "--max_steps", "1", "--dora")
+    assert run_command("train", argv) == 0
+    argv[argv.index("--max_steps") + 1] = "2"
+    assert run_command("train", [*argv, "--resume"]) == 0
+    state = load_file(str(out / "step-000002" / "pytorch_lora_weights.safetensors"))
+    assert sum(k.endswith(".lora_magnitude_vector") for k in state) == 16
+    comfy = tmp_path / "comfy.safetensors"
+    assert run_command("export", ["--input_name", str(out / "step-000002"), "--format", "comfyui",
+                                  "--checkpoint_dir", str(checkpoint), "--output_name", str(comfy)]) == 0
+    lora = load_file(str(comfy))
+    assert sum(k.endswith(".dora_scale") for k in lora) == 16
+
+    run_ = _build(_argv(checkpoint, prep, tmp_path / "again", "--dora"))
+    model = run_.model
+    base = {f"diffusion_model.decoder.{v15_module(k[:-len('.base_layer.weight')])}.weight": v.detach().clone()
+            for k, v in model.state_dict().items() if k.endswith(".base_layer.weight")}
+    run_.setup.load_lora_state(model, state)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.merge()
+    want = {f"diffusion_model.decoder.{v15_module(k[:-len('.base_layer.weight')])}.weight": v
+            for k, v in model.state_dict().items() if k.endswith(".base_layer.weight")}
+    got = comfyui_apply(base, lora)
+    worst = max(((got[k] - want[k].double()).norm() / want[k].double().norm()).item() for k in want)
+    assert worst <= 1e-5, worst
+    assert min((want[k].double() - base[k].double()).norm().item() for k in want) > 0

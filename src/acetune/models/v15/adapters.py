@@ -23,14 +23,15 @@ from pathlib import Path
 
 import torch
 
+from acetune.lora import keys as lk
 from acetune.lora.check import check_finite
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 # diffusers module name -> original 1.5 name (ComfyUI, official trainer); MLP names are shared.
 _ORIGINAL_NAMES = {".to_q.": ".q_proj.", ".to_k.": ".k_proj.", ".to_v.": ".v_proj.", ".to_out.0.": ".o_proj."}
-COMFYUI_PREFIX = "base_model.model."
-DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+COMFYUI_PREFIX = lk.V15_PEFT_PREFIX
+DIFFUSERS_WEIGHT_NAME = lk.LORA_WEIGHTS_FILE
 
 
 def adapter_config(kind: str = "lora", rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
@@ -128,8 +129,10 @@ def comfyui_deltas(state: dict[str, torch.Tensor], strength: float = 1.0) -> dic
     """Weight deltas ComfyUI computes from a ComfyUI-layout file (its `.alpha`/rank rule; none = 1.0).
 
     Returns original module path (`layers.0.self_attn.q_proj`) -> delta (out, in). Used to check the
-    export and to apply LoKr files, which diffusers cannot load.
+    export. A DoRA file's delta depends on the base weights: `merge_comfyui_file` applies those.
     """
+    if any(k.endswith(".dora_scale") for k in state):
+        raise ValueError("a DoRA file has no weight-independent delta; use merge_comfyui_file")
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         module, _, leaf = key.removeprefix(COMFYUI_PREFIX).rpartition(".")
@@ -158,23 +161,36 @@ def diffusers_name(original: str) -> str:
 
 @torch.no_grad()
 def merge_comfyui_file(transformer, path: str | Path, strength: float = 1.0) -> int:
-    """Add a ComfyUI-layout LoRA/LoKr file's deltas into `transformer`'s weights; returns modules merged."""
-    from safetensors.torch import load_file
+    """Merge any 1.5 adapter file (every layout `lora.import_15` reads; LoRA, LoKr, DoRA) into `transformer`
+    at `strength` as ComfyUI would: W += strength · delta; DoRA: W += strength · (W_dora - W). Returns modules."""
+    from acetune.errors import InputError
+    from acetune.lora import keys as lk
+    from acetune.lora.dora import comfyui_dora_weight, peft_dora_weight
+    from acetune.lora.import_15 import read_adapter_15
+    from acetune.models.v15.export import delta
 
+    adapter = read_adapter_15(path)
     modules = dict(transformer.named_modules())
-    state = load_file(str(path))
-    check_finite(state, path)
-    deltas = comfyui_deltas(state, strength)
-    for name, delta in deltas.items():
-        linear = modules[diffusers_name(name)]
-        linear.weight += delta.to(linear.weight)
-    return len(deltas)
+    for name in adapter.modules:
+        linear = modules.get(lk.v15_diffusers_module(name))
+        if linear is None or tuple(linear.weight.shape) != tuple(delta(adapter, name).shape):
+            raise InputError(f"adapter module {name} does not fit this model", path=adapter.path,
+                             fix="use an adapter trained on this ACE-Step 1.5 checkpoint")
+    for name, parts in adapter.modules.items():
+        weight = modules[lk.v15_diffusers_module(name)].weight
+        d = delta(adapter, name).to(weight.device)
+        if lk.MAGNITUDE in parts:
+            d = peft_dora_weight(weight, d, parts[lk.MAGNITUDE].to(weight.device)) - weight.double()
+        elif lk.DORA_SCALE in parts:
+            d = comfyui_dora_weight(weight, d, parts[lk.DORA_SCALE].to(weight.device)) - weight.double()
+        weight += (strength * d).to(weight)
+    return len(adapter.modules)
 
 
 # ---- files written by `acetune train` (saved layout: bare diffusers module paths) ----
 
-SAVED_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # `lora_keys.LORA_WEIGHTS_FILE`, as the trainer writes
-ADAPTER_CONFIG_FILE = "adapter_config.json"
+SAVED_WEIGHTS_FILE = lk.LORA_WEIGHTS_FILE  # as the trainer writes
+ADAPTER_CONFIG_FILE = lk.ADAPTER_CONFIG_FILE
 
 
 def read_trained_lora(path: str | Path):
@@ -202,25 +218,3 @@ def read_trained_lora(path: str | Path):
     state = load_file(str(weights))
     check_finite(state, weights)
     return state, config
-
-
-def export_trained_lora(path: str | Path, out: str | Path, fmt: str = "diffusers") -> Path:
-    """Convert a trained LoRA (`read_trained_lora`) for a loader; returns the written file.
-
-    fmt "diffusers": `out` is a folder, loaded by `AceStepPipeline.load_lora_weights(out)`.
-    fmt "comfyui": `out` is a .safetensors file (a folder gets `<name>_comfyui.safetensors` inside).
-    """
-    state, config = read_trained_lora(path)
-    out = Path(out)
-    if fmt == "comfyui":
-        if out.suffix != ".safetensors":
-            out = out / "pytorch_lora_weights_comfyui.safetensors"
-        return save_comfyui(state, out, config)
-    if fmt != "diffusers":
-        raise ValueError(f"unknown format {fmt!r}")
-    from diffusers import AceStepPipeline
-
-    out.mkdir(parents=True, exist_ok=True)
-    AceStepPipeline.save_lora_weights(out, transformer_lora_layers=state, weight_name=DIFFUSERS_WEIGHT_NAME,
-                                      transformer_lora_adapter_metadata=_config_metadata(config))
-    return out / DIFFUSERS_WEIGHT_NAME

@@ -94,13 +94,13 @@ class V15Family:
 
     # ---- stage hooks: `acetune export` / `acetune generate` hand over when the family has them ----
 
-    def export_lora(self, args, path: Path) -> int:
-        """`acetune export` for an adapter trained on 1.5 (`models.v15.export`): `--format peft` writes the
-        diffusers layout (`AceStepPipeline.load_lora_weights` loads it), `--format comfyui` the ComfyUI 1.5
+    def export_lora(self, args, path: Path, default_output) -> int:
+        """`acetune export` for any 1.5 adapter (`models.v15.export`): `--format peft` writes the diffusers
+        layout (`AceStepPipeline.load_lora_weights` loads it), `--format comfyui`/`kohya` the ComfyUI 1.5
         layout (`--write_alpha`: .alpha tensors instead of baking), `--merge` a merged `transformer/` folder."""
         from acetune.models.v15.export import export
 
-        return export(args, path)
+        return export(args, path, default_output)
 
     def generate_song(self, args, lyrics: str, seed: int, out: Path) -> int:
         """`acetune generate` on a 1.5 checkpoint: `AceStepPipeline` with every `--lora` applied."""

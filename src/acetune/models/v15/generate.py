@@ -16,13 +16,8 @@ from acetune.errors import CheckpointError, InputError
 from acetune.lora.check import check_file_finite
 from acetune.models.v15.adapters import (
     COMFYUI_PREFIX,
-    SAVED_WEIGHTS_FILE,
     adapter_state,
-    comfyui_deltas,
-    comfyui_state,
-    diffusers_name,
     merge_comfyui_file,
-    read_trained_lora,
 )
 
 logger = logging.getLogger(__name__)
@@ -63,32 +58,20 @@ def load_lora_checked(pipe, lora_file: str | Path, scale: float = 1.0, adapter_n
 def apply_lora(pipe, path: str | Path, strength: float = 1.0) -> int:
     """Apply any 1.5 adapter file or training checkpoint folder to `pipe.transformer`; returns tensors/modules.
 
-    diffusers layout (`transformer.` keys): `load_lora_checked`. ComfyUI layout: merged. The trainer's
-    saved layout (bare keys + adapter_config.json, e.g. a step-NNNNNN folder): merged at its peft scale.
+    diffusers layout (`transformer.` keys): `load_lora_checked`. Every other layout (ComfyUI, official
+    peft, Side-Step, LyCORIS, the trainer's step folders; LoRA, LoKr, DoRA): merged at its trained scale.
     """
     from safetensors import safe_open
 
-    path = Path(path)
-    weights = path / SAVED_WEIGHTS_FILE if path.is_dir() else path
-    if not weights.is_file():
-        raise InputError("LoRA file not found", path=weights, fix="pass a .safetensors file or a step-NNNNNN folder")
+    from acetune.lora.import_15 import resolve_adapter_file
+
+    weights = resolve_adapter_file(path)
     check_file_finite(weights)
     with safe_open(str(weights), "pt") as f:
         first = next(iter(f.keys()), "")
     if first.startswith("transformer."):
         return load_lora_checked(pipe, weights, strength, adapter_name=f"acetune_{weights.stem}")
-    if first.startswith(COMFYUI_PREFIX):
-        return merge_comfyui_file(pipe.transformer, weights, strength)
-    state, config = read_trained_lora(weights)
-    modules = dict(pipe.transformer.named_modules())
-    deltas = comfyui_deltas(comfyui_state(state, config), strength)
-    for name, delta in deltas.items():
-        linear = modules.get(diffusers_name(name))
-        if linear is None:
-            raise InputError(f"LoRA module {diffusers_name(name)} is not in this model", path=weights,
-                             fix="use a LoRA trained on this ACE-Step 1.5 checkpoint")
-        linear.weight += delta.to(linear.weight)
-    return len(deltas)
+    return merge_comfyui_file(pipe.transformer, weights, strength)  # any other layout `lora.import_15` reads
 
 
 def generate(pipe, prompt: str, lyrics: str = "", duration: float = 10.0, steps: int = 8, seed: int = 0,

@@ -7,7 +7,8 @@ The shared trainer (`stages/train.py`) asks the family for these when it has the
     family.quantize_int8(model) -> int
         optimum-quanto int8 weights for every Linear of the DiT layers (before the adapter is added)
     setup.init_from_file(model, path) -> int
-        start from an existing 1.5 adapter: a step folder, or a diffusers-, ComfyUI- or saved-layout file
+        start from an existing 1.5 adapter in any layout `lora.import_15` reads (step folder, diffusers,
+        ComfyUI, official peft, Side-Step, LyCORIS)
 
 Saved layout (what checkpoints hold): `<module>.lora_A.weight` / `.lora_B.weight` for LoRA,
 `<module>.lokr_w1` / `.lokr_w2` (or `_a` / `_b` factors) for LoKr, with the module paths of
@@ -16,21 +17,16 @@ Saved layout (what checkpoints hold): `<module>.lora_A.weight` / `.lora_B.weight
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 
 import torch
 
-from acetune.errors import InputError, UsageError
+from acetune.errors import UsageError
 from acetune.lora.check import check_finite
 from acetune.models.v15.adapters import (
-    COMFYUI_PREFIX,
-    SAVED_WEIGHTS_FILE,
     adapter_state,
-    diffusers_name,
-    read_trained_lora,
 )
 from acetune.training.quantize import quantize_linears_int8
 
@@ -75,7 +71,9 @@ class AdapterSetup:
         name_ = self._setup.adapter_name
         out = {}
         for name, param in model.named_parameters():
-            if name.endswith(f".{name_}.weight") and any(f in name for f in _LORA_FACTORS):
+            if name.endswith(f".lora_magnitude_vector.{name_}.weight"):  # DoRA: saved as `<module>.lora_magnitude_vector`
+                out[name[: -len(f".{name_}.weight")]] = param
+            elif name.endswith(f".{name_}.weight") and any(f in name for f in _LORA_FACTORS):
                 out[name.replace(f".{name_}.weight", ".weight")] = param
             elif name.endswith(f".{name_}") and ".lokr_" in name:
                 out[name[: -len(name_) - 1]] = param
@@ -99,7 +97,17 @@ class AdapterSetup:
         Returns the number of modules loaded. Modules of the run missing from the file start fresh (logged);
         modules the run does not adapt, another adapter kind or other shapes are `UsageError`s.
         """
-        state, scale = read_any_adapter(path)
+        from acetune.lora import keys as lk
+        from acetune.lora.import_15 import read_adapter_15
+
+        adapter = read_adapter_15(path)  # any 1.5 layout; per-module scale from .alpha, config or baked
+        run_scale = adapter_scale_of(self._setup.config)
+        state, factors = {}, {}
+        for module, parts in adapter.modules.items():
+            prefix = lk.v15_diffusers_module(module)
+            for kind, tensor in parts.items():
+                key = f"{prefix}.{kind}.weight" if kind in (lk.LORA_A, lk.LORA_B) else f"{prefix}.{kind}"
+                state[key], factors[key] = tensor, adapter.scales[module] / run_scale
         check_finite(state, path, "--init_lora")
         ours = self._ours(model)
         extra = sorted(set(state) - set(ours))
@@ -107,9 +115,8 @@ class AdapterSetup:
             raise UsageError(f"--init_lora holds {len(extra)} tensors this {self.kind} setup does not train "
                              f"(first: {extra[0]})", path=path,
                              fix="use the --adapter and target_modules the file was trained with")
-        factor = scale / adapter_scale_of(self._setup.config)
         for key, value in state.items():
-            dst = ours[key]
+            dst, factor = ours[key], factors[key]
             if tuple(value.shape) != tuple(dst.shape):
                 raise UsageError(f"--init_lora tensor {key} has shape {tuple(value.shape)}, this run "
                                  f"{tuple(dst.shape)}", path=path, fix="set the LoRA config's r to the file's rank")
@@ -123,60 +130,6 @@ class AdapterSetup:
         if len(every) > len(modules):
             logger.warning("%s: %d adapted modules are not in the file and start fresh", path, len(every) - len(modules))
         return len(modules)
-
-
-def read_any_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], float]:
-    """(state in the saved layout, the scale its loader applies) of any 1.5 adapter file or step folder.
-
-    diffusers layout (`transformer.` keys): the peft config embedded in the metadata gives the scale;
-    ComfyUI layout (`base_model.model.` + original names): `.alpha` / rank if present, else 1 (baked);
-    saved layout / step folder: adapter_config.json beside the weights.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    weights = path / SAVED_WEIGHTS_FILE if path.is_dir() else path
-    if not weights.is_file():
-        raise UsageError("--init_lora file not found", path=weights, fix="pass a .safetensors file or a step folder")
-    try:
-        with safe_open(str(weights), "pt") as f:
-            keys, metadata = list(f.keys()), f.metadata() or {}
-            raw = {k: f.get_tensor(k) for k in keys}
-    except Exception as err:  # safetensors' own error types
-        raise InputError(f"cannot read the adapter file ({err})", path=weights) from None
-    first = keys[0] if keys else ""
-    if first.startswith(DIFFUSERS_PREFIX):
-        from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
-
-        try:
-            config = json.loads(metadata[LORA_ADAPTER_METADATA_KEY])  # {"transformer.r": 8, ...}
-            scale = adapter_scale_of({k.removeprefix(DIFFUSERS_PREFIX): v for k, v in config.items()})
-        except (KeyError, ValueError, TypeError) as err:
-            raise InputError(f"the diffusers LoRA file has no readable peft config ({err})", path=weights,
-                             fix="export it again with `acetune export --format peft`") from None
-        return {k.removeprefix(DIFFUSERS_PREFIX): v for k, v in raw.items()}, scale
-    if first.startswith(COMFYUI_PREFIX):
-        state, alphas = {}, {}
-        for key, value in raw.items():
-            module, _, leaf = key.removeprefix(COMFYUI_PREFIX).rpartition(".")
-            if leaf == "alpha":
-                alphas[module] = value
-                continue
-            if leaf == "weight":  # <module>.lora_A.weight
-                module, _, factor = module.rpartition(".")
-                leaf = f"{factor}.weight"
-            state[f"{diffusers_name(module)}.{leaf}"] = value
-        scale = 1.0
-        if alphas:
-            module, alpha = next(iter(alphas.items()))
-            a = raw.get(f"{COMFYUI_PREFIX}{module}.lora_A.weight")
-            if a is None:
-                raise InputError("LoKr files with .alpha tensors cannot seed a run", path=weights,
-                                 fix="export the LoKr with its scale baked (the default)")
-            scale = float(alpha.float().item()) / a.shape[0]
-        return state, scale
-    state, config = read_trained_lora(weights)
-    return state, adapter_scale_of(config.to_dict())
 
 
 def add_training_adapter(model: torch.nn.Module, config: dict, kind: str = "lora",
