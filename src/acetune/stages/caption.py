@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from acetune import hub
 from acetune.cli import arg
 from acetune.dataset.sidecars import INSTRUMENTAL, SIDECAR_NAMES, sidecar_name
 from acetune.errors import AcetuneError, CheckpointError, InputError, UsageError
@@ -40,7 +41,8 @@ META_CONVENTION = "acestep15"  # every convention gets BPM/key in ACE-Step 1.5's
 @dataclass
 class Args:
     data_dir: Path = arg(help="folder of audio files; sidecars are written next to them")
-    model_path: Path | None = arg(None, help="local Qwen2.5-Omni folder (bf16, or GPTQ with `pip install acetune[gptq]`)")
+    model_path: Path | None = arg(None, help="Qwen2.5-Omni folder or Hub id / short name (qwen-omni, qwen-omni-gptq; "
+                                             "bf16, or GPTQ with `pip install acetune[gptq]`)")
     server_url: str | None = arg(None, help="OpenAI-compatible chat server with audio input, e.g. http://127.0.0.1:8080")
     server_model: str = arg("qwen2.5-omni", help="`model` name sent to --server_url")
     lyrics: bool = arg(False, help="also transcribe lyrics with structure tags ([instrumental] when no voice)")
@@ -142,6 +144,7 @@ def make_backend(args: Args):
     if args.server_url:
         return OpenAIChatBackend(args.server_url, model=args.server_model, max_tokens=args.max_new_tokens,
                                  window_seconds=args.chunk_seconds)
+    hub.resolve_args(args, model_path="all")
     return QwenOmniBackend(args.model_path, device=args.device, dtype=args.dtype,
                            max_new_tokens=args.max_new_tokens, window_seconds=args.chunk_seconds)
 

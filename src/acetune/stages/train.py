@@ -23,7 +23,7 @@ from acetune.errors import TrainingError, UsageError
 logger = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
-  acetune train --dataset_path data/prep --checkpoint_dir ACE-Step-v1-3.5B --max_steps 2000
+  acetune train --dataset_path data/prep --checkpoint_dir ACE-Step/ACE-Step-v1-3.5B --max_steps 2000
   # the fork's command line works as is:
   python trainer_new.py --dataset_path data/prep --checkpoint_dir ckpt --lora_config_path config/lora_config.json \\
       --learning_rate 1e-4 --max_steps 5000 --every_n_train_steps 500 --exp_name mystyle
@@ -52,7 +52,10 @@ PRECISIONS = {  # flag -> (compute dtype, LoRA dtype, autocast)
 @dataclass
 class Args:
     dataset_path: str = arg(help="preprocessed dataset folder (`acetune preprocess --output_dir`)")
-    checkpoint_dir: str = arg(help="ACE-Step checkpoint folder (ace_step_transformer/, music_dcae_f8c8/, ...)")
+    checkpoint_dir: str = arg(help="ACE-Step checkpoint folder (ace_step_transformer/, music_dcae_f8c8/, ...) or a "
+                                   "Hub repo id / short name (only the transformer is fetched unless validating)")
+    revision: str = arg("", help="Hub branch, tag or commit of a --checkpoint_dir repo id (default: main)")
+    offline: bool = arg(False, help="use only the HF cache, never the network (also: HF_HUB_OFFLINE=1)")
     lora_config_path: str = arg(DEFAULT_LORA_CONFIG, help="peft LoraConfig JSON (r, lora_alpha, target_modules, "
                                 "use_rslora); add linear_q/linear_k/linear_v to adapt the lyric encoder too")
     adapter: str = arg("lora", choices=("lora", "lokr"), help="adapter kind; lokr (peft LoKr, ACE-Step 1.5 only) "
@@ -216,6 +219,7 @@ def build_run(args: Args, echo=print):
     from accelerate import Accelerator
 
     from acetune.dataset.schema import load_dataset
+    from acetune.hub import resolve_model
     from acetune.models.family import detect_family
     from acetune.training import checkpoint as ckpt
     from acetune.training.data import ConditionDropout, LyricCache, SongDataset
@@ -225,7 +229,9 @@ def build_run(args: Args, echo=print):
     from acetune.training.optim import build_lr_scheduler, build_optimizer, optimizer_advice
     from acetune.training.resume import seed_everything
 
-    checkpoint_dir = Path(args.checkpoint_dir)
+    source = resolve_model(args.checkpoint_dir, stage="all" if args.validation_prompt else "train",
+                           revision=args.revision or None, offline=args.offline)
+    checkpoint_dir = source.path
     family = detect_family(checkpoint_dir)
     hf_dataset, meta = load_dataset(args.dataset_path)
     check_dataset(meta, family, checkpoint_dir, args.dataset_path)
@@ -281,7 +287,8 @@ def build_run(args: Args, echo=print):
         if resume_from is None:
             echo(f"--resume: no checkpoint in {output_dir} yet; starting from step 0")
     metrics = MetricsLogger()
-    train_config = {**asdict(args), "family": family.name, "dataset_hash": meta.checkpoint_hash}
+    train_config = {**asdict(args), "family": family.name, "dataset_hash": meta.checkpoint_hash,
+                    "checkpoint_source": source.record()}
     if accelerator.is_main_process and not args.overfit_check:
         metrics = build_logger(args.logger, args.logger_dir or output_dir / "logs", run_name=args.exp_name,
                                config=train_config)
