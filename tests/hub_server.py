@@ -73,8 +73,9 @@ class LocalHub:
         self._server.server_close()
 
     def add(self, repo_id: str, files: dict[str, bytes] | Path, *, repo_type: str = "model", branch: str = "main",
-            gated: bool = False) -> str:
-        """A new commit holding `files` (a dict or every file under a folder) on `branch`; returns its sha."""
+            gated: bool = False, commit: str | None = None) -> str:
+        """A new commit holding `files` (a dict or every file under a folder) on `branch`; returns its sha
+        (`commit` forces one, e.g. a pinned revision acetune asks for)."""
         if isinstance(files, Path):
             files = {p.relative_to(files).as_posix(): p.read_bytes() for p in sorted(files.rglob("*")) if p.is_file()}
         repo = self.repos.setdefault((repo_type, repo_id), HubRepo())
@@ -82,9 +83,13 @@ class LocalHub:
         content = {path: HubFile.of(path, data) for path, data in files.items()}
         digest = hashlib.sha1(repr((repo_id, len(repo.commits), sorted((p, f.oid) for p, f in content.items())))
                               .encode()).hexdigest()
+        digest = commit or digest
         repo.commits[digest] = content
         repo.refs[branch] = digest
         return digest
+
+    def tag(self, repo_id: str, name: str, commit: str, repo_type: str = "model") -> None:
+        self.repos[(repo_type, repo_id)].refs[name] = commit
 
     def stall(self, sha256: str, after: int) -> None:
         """The next GET of this blob sends `after` bytes, then hangs until `release` is set."""

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acetune.errors import CheckpointError, DownloadError, UsageError
-from acetune.layout import V1_DCAE_DIR, V1_TEXT_ENCODER_DIR, V1_TRANSFORMER_DIR, V1_VOCODER_DIR
 
 
 @dataclass(frozen=True)
@@ -52,13 +51,6 @@ MODELS: dict[str, HubModel] = {
                                "Qwen2.5-Omni 7B captioner, GPTQ int4 (needs acetune[gptq])"),
 }
 
-# Component folders each stage reads, per family (None: the whole repo).
-_STAGE_COMPONENTS: dict[str, dict[str, tuple[str, ...]]] = {
-    "ace-step-v1": {"train": (V1_TRANSFORMER_DIR,),
-                    "preprocess": (V1_DCAE_DIR, V1_VOCODER_DIR, V1_TEXT_ENCODER_DIR)},
-    "acestep15": {"train": ("transformer", "condition_encoder"),
-                  "preprocess": ("vae", "text_encoder", "tokenizer", "condition_encoder", "scheduler")},
-}
 # Always fetched: configs, tokenizer tables, model_index.json (small; they say what the repo is).
 SMALL_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 # Other frameworks' copies of the weights, never needed.
@@ -110,8 +102,22 @@ def is_hub_ref(value) -> bool:
 
 
 def stage_components(family: str, stage: str) -> tuple[str, ...] | None:
-    """The component folders `stage` reads for `family`; None means all of them."""
-    return _STAGE_COMPONENTS.get(family, {}).get(stage)
+    """The component folders `stage` reads for `family`; None means all of them.
+
+    Training reads the transformer (1.5: plus the two condition-encoder tensors it carries); preprocess
+    the codec and text encoder (1.5: the condition encoder too, which packs text and lyrics).
+    """
+    # imported here: the layouts pull in diffusers, which `acetune download` does not otherwise need
+    from acetune.layout import V1_DCAE_DIR, V1_TEXT_ENCODER_DIR, V1_TRANSFORMER_DIR, V1_VOCODER_DIR
+    from acetune.models.v15 import layout as v15
+
+    table = {
+        "ace-step-v1": {"train": (V1_TRANSFORMER_DIR,), "preprocess": (V1_DCAE_DIR, V1_VOCODER_DIR, V1_TEXT_ENCODER_DIR)},
+        "acestep15": {"train": (v15.TRANSFORMER_DIR, v15.CONDITION_ENCODER_DIR),
+                      "preprocess": (v15.VAE_DIR, v15.TEXT_ENCODER_DIR, v15.TOKENIZER_DIR, v15.CONDITION_ENCODER_DIR,
+                                     v15.SCHEDULER_DIR)},
+    }
+    return table.get(family, {}).get(stage)
 
 
 def hub_cache_dir() -> Path:

@@ -57,6 +57,8 @@ FIX_AUDIO = "check that it plays; re-export it as .wav or .flac, or remove it"
 
 @dataclass
 class Args:
+    output_name: Path = arg(help="output folder for the dataset (replaced if it is a previous dataset)",
+                            aliases=("--output", "--output_dir"))
     data_dir: Path | None = arg(None, help="folder of audio files and sidecars (scanned recursively), or an existing "
                                      "dataset folder (save_to_disk) / .json / .jsonl list with the upstream columns",
                                 aliases=("--input",))
@@ -69,8 +71,6 @@ class Args:
     lyrics_column: str = arg("lyrics", help="--hf_dataset column with the lyrics (norm_lyrics is used if absent)")
     revision: str = arg("", help="Hub branch, tag or commit of --hf_dataset (default: main)")
     offline: bool = arg(False, help="use only the HF cache for --hf_dataset (also: HF_HUB_OFFLINE=1)")
-    output_name: Path = arg(help="output folder for the dataset (replaced if it is a previous dataset)",
-                            aliases=("--output", "--output_dir"))
     repeat_count: int = arg(1, help="write every song this many times (as the fork: the whole list repeated)")
     default_tag: str = arg("", help="comma-separated tags for songs without any caption file")
     recursive: bool = arg(True, help="scan sub-folders too (the fork always does)")
