@@ -231,7 +231,8 @@ def _records_from_hf(args: Args, report: Report) -> list[SongRecord]:
     records, source = read_records(args.hf_dataset, split=args.split, audio_dir=_audio_dir(args.output_name),
                                    columns=Columns(args.audio_column, tuple(args.caption_column), args.lyrics_column),
                                    report=report, revision=args.revision or None, offline=args.offline)
-    report.set("source", f"{source['repo_id']}@{source['commit']}" if "repo_id" in source else source["path"])
+    where = f"{source['repo_id']}@{source['commit']}" if "repo_id" in source else source["path"]
+    print(f"build-dataset: {len(records)} rows of split {args.split!r} from {where}", file=sys.stderr)
     return records
 
 
