@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 EXAMPLES = """examples:
   acetune caption --data_dir C:\\data\\audio --model_path C:\\models\\Qwen2.5-Omni-7B-GPTQ-Int4
   acetune caption --data_dir songs --server_url http://127.0.0.1:8080 --lyrics
+  acetune caption --data_dir songs --model_path qwen-omni-gptq --lyrics   # fetched from the Hub once
   acetune caption --data_dir songs --no-tags            # only BPM, key and loudness
   acetune caption --data_dir songs --model_path qwen --format acestep15 --overwrite
 """
