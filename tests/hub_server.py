@@ -12,8 +12,9 @@ source: `HfApi.repo_info`, `HfApi.list_repo_tree`, `get_hf_file_metadata`, `http
 
 Errors carry the Hub's X-Error-Code header (RepoNotFound, RevisionNotFound, EntryNotFound,
 GatedRepo), so huggingface_hub raises its own typed errors. `stall(sha256, after)` makes the next
-download of a blob stop after `after` bytes and hang (to kill a client half-way); `log` records every
-request as (method, path, Range header) and `served` the bytes sent per blob.
+download of a blob stop after `after` bytes and hang until released, then drop the connection (to
+kill a client half-way, or cut its connection); `log` records every request as (method, path, Range
+header) and `served` the bytes sent per blob.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class LocalHub:
         self.token = token  # the one token that opens gated repos
         self.log: list[tuple[str, str, str | None]] = []
         self.served: Counter = Counter()
-        self._stalls: dict[str, int] = {}
-        self.release = threading.Event()
+        self._stalls: dict[str, tuple[int, threading.Event]] = {}
+        self._events: list[threading.Event] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -68,7 +69,8 @@ class LocalHub:
         self._thread.start()
 
     def close(self) -> None:
-        self.release.set()
+        for event in self._events:
+            event.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -91,9 +93,13 @@ class LocalHub:
     def tag(self, repo_id: str, name: str, commit: str, repo_type: str = "model") -> None:
         self.repos[(repo_type, repo_id)].refs[name] = commit
 
-    def stall(self, sha256: str, after: int) -> None:
-        """The next GET of this blob sends `after` bytes, then hangs until `release` is set."""
-        self._stalls[sha256] = after
+    def stall(self, sha256: str, after: int) -> threading.Event:
+        """The next GET of this blob sends `after` bytes, then hangs until the returned event is set, and
+        then closes the connection short (the client sees a dropped connection)."""
+        event = threading.Event()
+        self._events.append(event)
+        self._stalls[sha256] = (after, event)
+        return event
 
     def blob(self, sha256: str) -> bytes:
         for repo in self.repos.values():
@@ -249,10 +255,11 @@ def _handler(hub: LocalHub):
             stall = hub._stalls.pop(key, None) if key else None
             try:
                 if stall is not None:
-                    self.wfile.write(body[:stall])
+                    after, event = stall
+                    self.wfile.write(body[:after])
                     self.wfile.flush()
-                    hub.served[key] += min(stall, len(body))
-                    hub.release.wait(120)
+                    hub.served[key] += min(after, len(body))
+                    event.wait(120)
                     return  # connection closes short: the client never gets the rest
                 self.wfile.write(body)
                 if key:

@@ -7,6 +7,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -83,6 +84,16 @@ def test_resume_after_a_download_killed_half_way(hub_env, big_repo):
     blob = _blob_dir(repo_id) / sha
     assert blob.read_bytes() == data and not partial.exists()
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == sha
+
+
+def test_a_dropped_connection_is_resumed_in_the_same_run(hub_env, big_repo):
+    repo_id, _, data = big_repo
+    sha = hashlib.sha256(data).hexdigest()
+    threading.Timer(1.0, hub_env.stall(sha, after=(1 << 20) + 500).set).start()  # cut after 1 MiB + 500 bytes
+    hub.fetch(repo_id, all_files=True)
+    ranges = [r for m, p, r in hub_env.log if p == f"/_cdn/{sha}" and m == "GET"]
+    assert ranges[-2:] == [None, f"bytes={1 << 20}-"]  # the second request continues after the written MiB
+    assert (_blob_dir(repo_id) / sha).read_bytes() == data
 
 
 def test_leftover_partial_of_a_killed_library_download_is_adopted(hub_env, big_repo):

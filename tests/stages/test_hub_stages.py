@@ -99,3 +99,27 @@ def test_download_refuses_a_repo_that_is_not_the_expected_model(hub_models, hub_
     local_hub.add("acetune-test/not-v1", {"ace_step_transformer/config.json": b'{"_class_name": "Other"}'})
     assert run_command("download", ["acetune-test/not-v1"]) == 0  # unknown repo: downloaded, said unchecked
     assert "downloaded without a check" in capsys.readouterr().out
+
+
+def test_acestep15_preprocess_and_train_from_a_short_name(hub_models, hub_env, tmp_path):
+    """1.5: preprocess fetches the encoders without the DiT, train adds the DiT and condition encoder."""
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    make_audio(songs / "one.wav", 2, 48000, 1.0, seed=3)
+    (songs / "one_prompt.txt").write_text("house, 124 bpm", encoding="utf-8")
+    assert run_command("build-dataset", ["--data_dir", str(songs), "--output_name", str(tmp_path / "fn")]) == 0
+    assert run_command("preprocess", ["--input_name", str(tmp_path / "fn"), "--output_name", str(tmp_path / "prep"),
+                                      "--checkpoint_dir", "acestep15-turbo", "--model_family", "acestep15",
+                                      "--prompt_variants", "1"]) == 0
+    repo = hub.MODELS["acestep15-turbo"].repo_id
+    (snapshot,) = _snapshots(repo)
+    assert (snapshot / "vae" / WEIGHTS_FILE).is_file() and not (snapshot / "transformer" / WEIGHTS_FILE).exists()
+    _, meta = schema.load_dataset(tmp_path / "prep")
+    assert meta.settings["model_sources"]["checkpoint_dir"]["commit"] == hub_models["acestep15-turbo"]
+    lora = tmp_path / "lora.json"
+    lora.write_text('{"r": 2, "lora_alpha": 2, "target_modules": ["to_q"]}')
+    assert run_command("train", ["--dataset_path", str(tmp_path / "prep"), "--checkpoint_dir", "acestep15-turbo",
+                                 "--output_dir", str(tmp_path / "run"), "--lora_config_path", str(lora),
+                                 "--precision", "32", "--device", "cpu", "--logger", "none", "--max_steps", "1",
+                                 "--warmup_steps", "0"]) == 0
+    assert (snapshot / "transformer" / WEIGHTS_FILE).is_file()

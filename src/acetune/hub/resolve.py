@@ -300,7 +300,7 @@ def hub_error(err: Exception, repo_id: str, repo_type: str, revision: str | None
 def resolve_args(args, **stages: str) -> dict[str, dict]:
     """Resolve a stage's model flags in place: `resolve_args(args, checkpoint_dir="preprocess", mert_dir="all")`.
 
-    Each named field of `args` that is set becomes the local folder; `args.revision` (if the stage has
+    Each named field of `args` that names a Hub repo becomes the local folder (local paths stay as they are); `args.revision` (if the stage has
     it) applies to `checkpoint_dir` / `model_path`, `args.offline` and `args.trust_remote_code` to all.
     Returns {field: Source.record()} for the dataset metadata / run config.
     """
@@ -308,6 +308,9 @@ def resolve_args(args, **stages: str) -> dict[str, dict]:
     for name, stage in stages.items():
         value = getattr(args, name, None)
         if value in (None, ""):
+            continue
+        if parse_ref(value) is None:  # a local path (present or not): the stage's own checks name the problem
+            records[name] = Source(path=Path(str(value))).record()
             continue
         revision = (getattr(args, "revision", "") or None) if name in ("checkpoint_dir", "model_path") else None
         source = resolve_model(value, stage=stage, revision=revision, offline=bool(getattr(args, "offline", False)),

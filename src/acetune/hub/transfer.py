@@ -15,14 +15,21 @@ serves those too), which is what makes a byte-exact resume possible.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
+import time
 from pathlib import Path
+
+import httpx2  # huggingface_hub's HTTP client: its transport errors mean "connection dropped"
 
 from acetune.errors import DownloadError
 from acetune.progress import progress
 
+logger = logging.getLogger(__name__)
+
 CHUNK = 1 << 20  # bytes per write: at most this much is lost when the process is killed
+RETRIES = 5  # dropped connections in a row before giving up (each retry continues from the bytes on disk)
 
 
 def free_bytes(folder: Path) -> int:
@@ -94,7 +101,7 @@ def _adopt(partial: Path, orphans: list[Path]) -> int:
 def _fetch_one(repo_id: str, repo_type: str, commit: str, f, sha256: str, final: Path, partial: Path,
                endpoint: str) -> int:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
+    from huggingface_hub.utils import build_hf_headers
 
     url = hf_hub_url(repo_id, f.path, repo_type=repo_type, revision=commit, endpoint=endpoint)
     headers = build_hf_headers()
@@ -111,22 +118,19 @@ def _fetch_one(repo_id: str, repo_type: str, commit: str, f, sha256: str, final:
         start = 0
     fetched = 0
     if start < f.size:
-        req = dict(headers, Range=f"bytes={start}-") if start else headers
         bar = progress(total=f.size, initial=start, desc=f.path.split("/")[-1][:40], unit="B", unit_scale=True,
                        unit_divisor=1024)
         try:
-            with http_stream_backoff("GET", location, headers=req, follow_redirects=True,
-                                     retry_on_status_codes=(429, 500, 502, 503, 504)) as response:
-                hf_raise_for_status(response)
-                mode = "ab" if start and response.status_code == 206 else "wb"
-                if mode == "wb" and start:
-                    bar.reset(total=f.size)  # the server ignored the Range: start over
-                with open(partial, mode) as out:
-                    for chunk in response.iter_bytes(CHUNK):
-                        out.write(chunk)
-                        out.flush()
-                        fetched += len(chunk)
-                        bar.update(len(chunk))
+            for attempt in range(RETRIES + 1):
+                try:
+                    fetched += _stream(location, headers, partial, bar)
+                    break
+                except httpx2.TransportError as err:  # a dropped connection: continue from the bytes on disk
+                    if attempt == RETRIES:
+                        raise
+                    logger.warning("download of %s interrupted (%s); resuming at byte %d", f.path,
+                                   err.__class__.__name__, partial.stat().st_size if partial.is_file() else 0)
+                    time.sleep(min(2.0**attempt, 10.0))
         finally:
             bar.close()
     size = partial.stat().st_size
@@ -137,6 +141,28 @@ def _fetch_one(repo_id: str, repo_type: str, commit: str, f, sha256: str, final:
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, final)
     return fetched
+
+
+def _stream(location: str, headers: dict, partial: Path, bar) -> int:
+    """GET the rest of the file after what `partial` holds, appending; returns the bytes written."""
+    from huggingface_hub.utils import hf_raise_for_status, http_stream_backoff
+
+    start = partial.stat().st_size if partial.is_file() else 0
+    req = dict(headers, Range=f"bytes={start}-") if start else headers
+    written = 0
+    with http_stream_backoff("GET", location, headers=req, follow_redirects=True,
+                             retry_on_status_codes=(429, 500, 502, 503, 504)) as response:
+        hf_raise_for_status(response)
+        if start and response.status_code != 206:  # the server ignored the Range: start over
+            start = 0
+            bar.reset(total=bar.total)
+        with open(partial, "ab" if start else "wb") as out:
+            for chunk in response.iter_bytes(CHUNK):
+                out.write(chunk)
+                out.flush()
+                written += len(chunk)
+                bar.update(len(chunk))
+    return written
 
 
 def _sha256(path: Path) -> str:

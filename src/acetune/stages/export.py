@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from acetune import hub
 from acetune.cli import arg
 from acetune.errors import CheckpointError, UsageError
 from acetune.layout import CONFIG_FILE, V1_TRANSFORMER_DIR, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
@@ -51,7 +52,7 @@ EXAMPLES = """examples:
   # shrink to the rank that keeps 99% of each layer's energy:
   acetune export --input_name lora.safetensors --resize_energy 0.99 --bake_alpha
   # merge into the base transformer at strength 0.8:
-  acetune export --input_name lora.safetensors --merge --checkpoint_dir ACE-Step-v1-3.5B --strength 0.8
+  acetune export --input_name lora.safetensors --merge --checkpoint_dir ACE-Step/ACE-Step-v1-3.5B --strength 0.8
 """
 
 FORMATS = {"peft": lk.STYLE_BARE, "comfyui": lk.STYLE_COMFYUI, "kohya": lk.STYLE_KOHYA}
@@ -80,7 +81,7 @@ class Args:
     merge: bool = arg(False, help="merge the LoRA into the base transformer and write a full "
                                   "ace_step_transformer folder")
     checkpoint_dir: str | None = arg(None, help="with --merge: the official checkpoint folder (holding "
-                                                "ace_step_transformer/) or the transformer folder itself")
+                                                "ace_step_transformer/), the transformer folder itself, or a Hub id")
     strength: float = arg(1.0, help="with --merge: LoRA strength (1.0 = as trained)")
     assume_baked: bool = arg(False, help="the file has no config and no .alpha: treat its scale as 1 "
                                          "(a LoRA already baked)")
@@ -280,6 +281,8 @@ def trained_family(path: Path):
 
 
 def run(args: Args) -> int:
+    if args.merge:  # a Hub id is fetched (the transformer only: merging reads nothing else)
+        hub.resolve_args(args, checkpoint_dir="train")
     path = resolve_lora_path(args.input_name)
     family = trained_family(path)
     if hasattr(family, "export_lora"):  # a family with its own key layouts (ACE-Step 1.5)
