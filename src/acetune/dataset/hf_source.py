@@ -31,6 +31,7 @@ from acetune.errors import InputError
 DATA_SUFFIXES = (".parquet", ".arrow")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.json")
 KEY_COLUMNS = ("keys", "key", "id", "song_id")
+OTHER_SPLITS = ("test", "validation", "valid", "dev", "eval")  # names `datasets` infers splits from
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAGIC = ((b"RIFF", ".wav"), (b"fLaC", ".flac"), (b"OggS", ".ogg"), (b"ID3", ".mp3"), (b"FORM", ".aiff"))
 
@@ -54,8 +55,10 @@ def split_files(paths: list[str], split: str) -> list[str]:
         return any(s == name or s.startswith((f"{name}-", f"{name}_")) for s in stems)
 
     mine = [p for p in data if marks(p, split)]
-    if not mine and split == "train" and not any(marks(p, s) for p in data for s in ("test", "validation", "valid")):
+    if not mine and split == "train" and not any(marks(p, s) for p in data for s in OTHER_SPLITS):
         mine = data
+    # audio/metadata in another split's folder (audiofolder `test/...`) is not needed either
+    rest = [p for p in rest if p.split("/")[0] == split or p.split("/")[0] not in OTHER_SPLITS + ("train",)]
     return mine + rest
 
 

@@ -46,7 +46,7 @@ MODELS: dict[str, HubModel] = {
     "mert": HubModel("m-a-p/MERT-v1-330M", "mert", "MERT-v1-330M SSL targets (v1 preprocess --mert_dir)",
                      revision="d0726b6fb4a38bf75927541664191620a7d15d3b"),
     "mhubert": HubModel("utter-project/mHuBERT-147", "mhubert", "mHuBERT-147 SSL targets (--mhubert_dir)"),
-    "qwen-omni": HubModel("Qwen/Qwen2.5-Omni-7B", "qwen-omni", "Qwen2.5-Omni 7B captioner (bf16, ~22 GB)"),
+    "qwen-omni": HubModel("Qwen/Qwen2.5-Omni-7B", "qwen-omni", "Qwen2.5-Omni 7B captioner (bf16)"),
     "qwen-omni-gptq": HubModel("Qwen/Qwen2.5-Omni-7B-GPTQ-Int4", "qwen-omni",
                                "Qwen2.5-Omni 7B captioner, GPTQ int4 (needs acetune[gptq])"),
 }
