@@ -31,3 +31,26 @@ def golden() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def local_hub():
+    """The local Hub server (tests/hub_server.py), one per session; tests add their repos to it."""
+    from hub_server import LocalHub
+
+    hub = LocalHub()
+    yield hub
+    hub.close()
+
+
+@pytest.fixture
+def hub_env(local_hub, tmp_path, monkeypatch):
+    """HF_ENDPOINT at the local Hub and a fresh HF_HOME in tmp: nothing touches the user's cache or network."""
+    monkeypatch.setenv("HF_ENDPOINT", local_hub.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE", "HF_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "hf_home" / "no-token"))
+    return local_hub

@@ -24,6 +24,7 @@ from acetune.progress import silence_library_bars
 
 # name -> (module, one-line summary). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {  # in pipeline order (the order `acetune` lists them)
+    "download": ("acetune.stages.download", "fetch model sets from the Hugging Face Hub by short name, then check them"),
     "caption": ("acetune.stages.caption", "write tag prompts, lyrics, BPM and key next to each song"),
     "build-dataset": ("acetune.stages.build_dataset", "scan an audio folder and its sidecars into a dataset"),
     "preprocess": ("acetune.stages.preprocess", "encode the song dataset once into latents and embeddings for training"),
@@ -38,9 +39,12 @@ COMMANDS: dict[str, tuple[str, str]] = {  # in pipeline order (the order `acetun
 
 
 def arg(default=dataclasses.MISSING, *, help: str, aliases: Sequence[str] = (), choices=None,
-        default_factory=dataclasses.MISSING, metavar: str | None = None):
-    """A dataclass field that is also a CLI flag. `help` is shown by `--help`."""
-    meta = {"help": help, "aliases": tuple(aliases), "choices": choices, "metavar": metavar}
+        default_factory=dataclasses.MISSING, metavar: str | None = None, positional: bool = False):
+    """A dataclass field that is also a CLI flag. `help` is shown by `--help`.
+
+    `positional`: a list field taking the words after the command (`acetune download v1 mert`)."""
+    meta = {"help": help, "aliases": tuple(aliases), "choices": choices, "metavar": metavar,
+            "positional": positional}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -71,6 +75,10 @@ class _ExtendList(argparse.Action):
 
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp) -> None:
     meta = f.metadata
+    if meta.get("positional"):
+        parser.add_argument(f.name, nargs="*", default=f.default_factory(), help=meta.get("help", ""),
+                            metavar=meta.get("metavar") or f.name.upper())
+        return
     names = [f"--{f.name}"]
     if "_" in f.name:
         names.append(f"--{f.name.replace('_', '-')}")

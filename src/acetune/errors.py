@@ -38,5 +38,9 @@ class CheckpointError(AcetuneError):
     """A model folder does not match the official layout (missing file, wrong key or shape)."""
 
 
+class DownloadError(AcetuneError):
+    """The Hugging Face Hub could not provide a model or dataset (not found, gated, offline, disk full)."""
+
+
 class TrainingError(AcetuneError):
     """Training cannot continue (non-finite loss, dataset made for another model, ...)."""

@@ -48,3 +48,23 @@ def train_tiny(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("train_tiny")
     checkpoint = make_checkpoint(base / "ckpt")
     return checkpoint, make_dataset(base / "data", checkpoint)
+
+
+@pytest.fixture(scope="session")
+def hub_models(local_hub, tiny_ckpt, ssl_dirs, tmp_path_factory) -> dict[str, str]:
+    """The tiny model sets on the local Hub under the official repo ids; {short name: commit}.
+
+    `mert` is served with a plain HuBERT config at the pinned MERT commit: the model-type check of
+    `acetune download mert` must refuse it (a repo that is not the expected model).
+    """
+    from acetune.hub import MODELS
+    from acetune.models.v15.tiny import save_tiny_checkpoint_v15
+
+    v15 = save_tiny_checkpoint_v15(tmp_path_factory.mktemp("hub_v15") / "acestep15-tiny")
+    mert, mhubert = ssl_dirs
+    commits = {"v1": local_hub.add(MODELS["v1"].repo_id, tiny_ckpt),
+               "acestep15-turbo": local_hub.add(MODELS["acestep15-turbo"].repo_id, v15),
+               "mhubert": local_hub.add(MODELS["mhubert"].repo_id, mhubert),
+               "mert": local_hub.add(MODELS["mert"].repo_id, mert, commit=MODELS["mert"].revision)}
+    local_hub.tag(MODELS["v1"].repo_id, "v1.0", commits["v1"])
+    return commits

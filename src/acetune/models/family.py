@@ -36,8 +36,11 @@ class ModelFamily(Protocol):
     def detect(self, checkpoint_dir: Path) -> bool:
         """True if `checkpoint_dir` looks like a checkpoint of this family (cheap: file names, config keys)."""
 
-    def check_checkpoint(self, checkpoint_dir: Path) -> None:
-        """Raise `CheckpointError` naming the first missing or malformed file; read no weights."""
+    def check_checkpoint(self, checkpoint_dir: Path, components: tuple[str, ...] | None = None) -> None:
+        """Raise `CheckpointError` naming the first missing or malformed file; read no weights.
+
+        `components`: the folders whose weights must be present (None: all); a stage that reads fewer
+        passes `acetune.hub.stage_components(family, stage)`, which is also what it downloads."""
 
     def load_transformer(self, checkpoint_dir: Path, dtype: torch.dtype = torch.float32,
                          device: str | torch.device = "cpu", drop_unused: bool = False) -> torch.nn.Module:

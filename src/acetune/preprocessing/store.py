@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 # Settings that may differ between runs (and shards) writing into one output.
 RUN_ONLY_SETTINGS = ("num_shards", "shard_index", "device", "compute_dtype", "part_size", "num_workers",
-                     "ssl_batch_size")
+                     "ssl_batch_size", "model_sources")
 
 
 def shard_tag(num_shards: int, index: int) -> str:

@@ -50,6 +50,9 @@ EXAMPLES = """examples:
   acetune build-dataset --data_dir ./songs --output_name ./songs_filenames
   python convert2hf_dataset_new.py --data_dir ./songs --output_name ./songs_filenames --repeat_count 10
   acetune build-dataset --data_dir old_dataset.json --output_name ./songs_filenames --strict
+  acetune build-dataset --hf_dataset Yi3852/ACEStep-Songs --split train --output_name ./songs_filenames
+  acetune build-dataset --hf_dataset ./my_songs.parquet --caption_column tags --lyrics_column norm_lyrics \
+      --output_name ./songs_filenames
 """
 
 # When two files share a stem in one folder they share sidecars; keep the best-quality one.
@@ -63,11 +66,20 @@ FIX_AUDIO = "check that it plays; re-export it as .wav or .flac, or remove it"
 
 @dataclass
 class Args:
-    data_dir: Path = arg(help="folder of audio files and sidecars (scanned recursively), or an existing "
-                              "dataset folder (save_to_disk) / .json / .jsonl list with the upstream columns",
-                         aliases=("--input",))
     output_name: Path = arg(help="output folder for the dataset (replaced if it is a previous dataset)",
                             aliases=("--output", "--output_dir"))
+    data_dir: Path | None = arg(None, help="folder of audio files and sidecars (scanned recursively), or an existing "
+                                     "dataset folder (save_to_disk) / .json / .jsonl list with the upstream columns",
+                                aliases=("--input",))
+    hf_dataset: str = arg("", help="instead of --data_dir: a Hub dataset id (owner/name[@revision]) or a local "
+                                   "Parquet / Arrow / audiofolder / save_to_disk dataset with an audio column")
+    split: str = arg("train", help="--hf_dataset split to read")
+    audio_column: str = arg("audio", help="--hf_dataset column with the audio (Audio bytes/path, bytes or a path)")
+    caption_column: list[str] = arg(default_factory=lambda: ["prompt", "tags"],
+                                    help="--hf_dataset column(s) joined into the caption (SimpleTuner's default)")
+    lyrics_column: str = arg("lyrics", help="--hf_dataset column with the lyrics (norm_lyrics is used if absent)")
+    revision: str = arg("", help="Hub branch, tag or commit of --hf_dataset (default: main)")
+    offline: bool = arg(False, help="use only the HF cache for --hf_dataset (also: HF_HUB_OFFLINE=1)")
     repeat_count: int = arg(1, help="write every song this many times (as the fork: the whole list repeated)")
     default_tag: str = arg("", help="comma-separated tags for songs without any caption file")
     recursive: bool = arg(True, help="scan sub-folders too (the fork always does)")
@@ -77,12 +89,14 @@ class Args:
     report: Path | None = arg(None, help="also write the problem report as JSON to this file")
 
     def __post_init__(self):
-        self.data_dir = Path(self.data_dir)
         self.output_name = Path(self.output_name)
+        if bool(self.hf_dataset) == (self.data_dir not in (None, "")):
+            raise UsageError("pass exactly one of --data_dir and --hf_dataset", fix="see `acetune build-dataset --help`")
+        self.data_dir = Path(self.data_dir or self.hf_dataset)
         self.report = None if self.report in (None, "") else Path(self.report)
         if self.repeat_count < 1:
             raise UsageError(f"--repeat_count must be at least 1, got {self.repeat_count}")
-        if not self.data_dir.exists():
+        if not self.hf_dataset and not self.data_dir.exists():
             raise UsageError("--data_dir does not exist", path=self.data_dir, fix="pass your songs folder")
         if self.data_dir.is_file() and self.data_dir.suffix.lower() in AUDIO_EXTENSIONS:
             raise UsageError("--data_dir is an audio file, not a folder of songs", path=self.data_dir,
@@ -231,6 +245,22 @@ def _records_from_rows(args: Args, report: Report) -> list[SongRecord]:
     return records
 
 
+def _records_from_hf(args: Args, report: Report) -> list[SongRecord]:
+    from acetune.dataset.hf_source import Columns, read_records
+
+    records, source = read_records(args.hf_dataset, split=args.split, audio_dir=_audio_dir(args.output_name),
+                                   columns=Columns(args.audio_column, tuple(args.caption_column), args.lyrics_column),
+                                   report=report, revision=args.revision or None, offline=args.offline)
+    where = f"{source['repo_id']}@{source['commit']}" if "repo_id" in source else source["path"]
+    print(f"build-dataset: {len(records)} rows of split {args.split!r} from {where}", file=sys.stderr)
+    return records
+
+
+def _audio_dir(output: Path) -> Path:
+    """Where audio stored as bytes in a dataset is written once (beside the output, which is replaced whole)."""
+    return output.with_name(f"{output.name}_audio")
+
+
 # ---- audio checks -------------------------------------------------------------------------------
 
 def probe_duration(path: Path, check: bool, report: Report) -> float | None:
@@ -291,7 +321,9 @@ def save_dataset(records: list[SongRecord], repeat_count: int, out: Path) -> int
 
 def run(args: Args) -> int:
     report = Report("build-dataset")
-    if _is_dataset_input(args.data_dir):
+    if args.hf_dataset:
+        candidates = _records_from_hf(args, report)
+    elif _is_dataset_input(args.data_dir):
         candidates = _records_from_rows(args, report)
     else:
         candidates = _records_from_folder(args, report)

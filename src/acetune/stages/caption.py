@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from acetune import cli, stopping
+from acetune import cli, hub, stopping
 from acetune.cli import arg
 from acetune.dataset.sidecars import INSTRUMENTAL, SIDECAR_NAMES, sidecar_name
 from acetune.errors import AcetuneError, CheckpointError, InputError, UsageError
@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 EXAMPLES = """examples:
   acetune caption --data_dir C:\\data\\audio --model_path C:\\models\\Qwen2.5-Omni-7B-GPTQ-Int4
   acetune caption --data_dir songs --server_url http://127.0.0.1:8080 --lyrics
+  acetune caption --data_dir songs --model_path qwen-omni-gptq --lyrics   # fetched from the Hub once
   acetune caption --data_dir songs --no-tags            # only BPM, key and loudness
   acetune caption --data_dir songs --model_path qwen --format acestep15 --overwrite
 """
@@ -41,7 +42,8 @@ META_CONVENTION = "acestep15"  # every convention gets BPM/key in ACE-Step 1.5's
 @dataclass
 class Args:
     data_dir: Path = arg(help="folder of audio files; sidecars are written next to them")
-    model_path: Path | None = arg(None, help="local Qwen2.5-Omni folder (bf16, or GPTQ with `pip install acetune[gptq]`)")
+    model_path: Path | None = arg(None, help="Qwen2.5-Omni folder or Hub id / short name (qwen-omni, qwen-omni-gptq; "
+                                             "bf16, or GPTQ with `pip install acetune[gptq]`)")
     server_url: str | None = arg(None, help="OpenAI-compatible chat server with audio input, e.g. http://127.0.0.1:8080")
     server_model: str = arg("qwen2.5-omni", help="`model` name sent to --server_url")
     lyrics: bool = arg(False, help="also transcribe lyrics with structure tags ([instrumental] when no voice)")
@@ -143,6 +145,7 @@ def make_backend(args: Args):
     if args.server_url:
         return OpenAIChatBackend(args.server_url, model=args.server_model, max_tokens=args.max_new_tokens,
                                  window_seconds=args.chunk_seconds)
+    hub.resolve_args(args, model_path="all")
     return QwenOmniBackend(args.model_path, device=args.device, dtype=args.dtype,
                            max_new_tokens=args.max_new_tokens, window_seconds=args.chunk_seconds)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from acetune import hub
 from acetune.cli import arg
 from acetune.errors import UsageError
 from acetune.layout import (
@@ -33,6 +34,7 @@ from acetune.layout import (
 )
 
 EXAMPLES = """examples:
+  acetune doctor --checkpoint_dir ACE-Step/ACE-Step-v1-3.5B     # a Hub id: checks the cached download
   acetune doctor --checkpoint_dir ACE-Step-v1-3.5B
   acetune doctor --checkpoint_dir ACE-Step-v1-3.5B --output_dir runs/   # also check free space there
 """
@@ -47,13 +49,13 @@ _BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
 @dataclass
 class Args:
     checkpoint_dir: Path = arg(help="the ACE-Step v1 checkpoint folder (holds ace_step_transformer/, "
-                                    "music_dcae_f8c8/, music_vocoder/ and umt5-base/)")
+                                    "music_dcae_f8c8/, music_vocoder/ and umt5-base/), or its Hub id (fetched)")
     output_dir: Path | None = arg(None, help="also check the free space where runs and datasets will go")
 
     def __post_init__(self):
         self.checkpoint_dir = Path(self.checkpoint_dir)
         self.output_dir = None if self.output_dir in (None, "") else Path(self.output_dir)
-        if not self.checkpoint_dir.is_dir():
+        if not self.checkpoint_dir.is_dir() and not hub.is_hub_ref(self.checkpoint_dir):
             raise UsageError("checkpoint folder not found", path=self.checkpoint_dir,
                              fix="pass the folder you downloaded ACE-Step/ACE-Step-v1-3.5B into")
 
@@ -352,6 +354,7 @@ def check_lyric_vocab(root: Path, report: Report) -> None:
 
 
 def run(args: Args) -> int:
+    hub.resolve_args(args, checkpoint_dir="all")
     report = Report()
     root = args.checkpoint_dir
     missing = [d for d in (V1_TRANSFORMER_DIR, V1_DCAE_DIR, V1_VOCODER_DIR, V1_TEXT_ENCODER_DIR) if not (root / d).is_dir()]

@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from acetune import hub
 from acetune.cli import arg
 from acetune.errors import CheckpointError, UsageError
 from acetune.layout import V1_TRANSFORMER_DIR
@@ -59,7 +60,7 @@ EXAMPLES = """examples:
   # a --dora run for ComfyUI (dora_scale needs the base weights):
   acetune export --input_name ckpt/step-000400 --format comfyui --checkpoint_dir ACE-Step-v1-3.5B
   # merge into the base transformer at strength 0.8:
-  acetune export --input_name lora.safetensors --merge --checkpoint_dir ACE-Step-v1-3.5B --strength 0.8
+  acetune export --input_name lora.safetensors --merge --checkpoint_dir ACE-Step/ACE-Step-v1-3.5B --strength 0.8
 """
 
 FORMATS = {"peft": lk.STYLE_BARE, "comfyui": lk.STYLE_COMFYUI, "kohya": lk.STYLE_KOHYA}
@@ -93,7 +94,7 @@ class Args:
                                                 "diffusers folder) or its transformer folder: --merge merges into it, a "
                                                 "DoRA export for ComfyUI reads the base weights (dora_scale); otherwise "
                                                 "the LoRA's widths are checked against its layers (default: the "
-                                                "checkpoint_dir in train_config.json beside the LoRA)")
+                                                "checkpoint_dir in train_config.json beside the LoRA); a Hub id works too")
     overwrite: bool = arg(False, help="replace an existing --output_name that holds something else")
     strength: float = arg(1.0, help="with --merge: LoRA strength (1.0 = as trained)")
     assume_baked: bool = arg(False, help="the file has no config and no .alpha: treat its scale as 1 "
@@ -279,6 +280,8 @@ def adapter_family(path: Path):
 
 
 def run(args: Args) -> int:
+    # a Hub id is fetched (the transformer only: merging, DoRA scales and width checks read nothing else)
+    hub.resolve_args(args, checkpoint_dir="train")
     path = resolve_adapter_file(args.input_name)
     family = adapter_family(path)
     if hasattr(family, "export_lora"):  # a family with its own key layouts (ACE-Step 1.5)

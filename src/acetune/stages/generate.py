@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from acetune import hub
 from acetune.cli import arg
 from acetune.errors import InputError, UsageError
 from acetune.models.v1.pipeline import MIN_DURATION, SAMPLE_RATE, output_samples
@@ -23,7 +24,7 @@ from acetune.models.v1.sampler import SamplerSettings
 logger = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
-  acetune generate --checkpoint_dir ACE-Step-v1-3.5B --prompt "lofi, chill, mellow keys" --duration 30
+  acetune generate --checkpoint_dir ACE-Step/ACE-Step-v1-3.5B --prompt "lofi, chill, mellow keys" --duration 30
   acetune generate --checkpoint_dir ACE-Step-v1-3.5B --prompt "synthwave, female vocals" \\
       --lyrics lyrics.txt --seed 42 --lora out/step-001000 --output song.flac
   # two LoRAs with strengths, fewer steps:
@@ -48,8 +49,8 @@ def parse_lora(spec: str) -> tuple[Path, float]:
 
 @dataclass
 class Args:
-    checkpoint_dir: str = arg(help="the ACE-Step v1 checkpoint folder (holds ace_step_transformer/, "
-                                   "music_dcae_f8c8/, music_vocoder/ and umt5-base/)")
+    checkpoint_dir: str = arg(help="the ACE-Step checkpoint folder (v1: ace_step_transformer/, music_dcae_f8c8/, "
+                                   "music_vocoder/, umt5-base/), or a Hub repo id / short name[@revision]")
     prompt: str = arg(help="caption / tags describing the music, e.g. \"pop, female vocals, 120 bpm\"")
     lyrics: str = arg("", help="lyrics text, or the path of a text file holding them; empty = instrumental")
     duration: float = arg(60.0, help="length in seconds (the file is at most 0.093 s shorter: one latent frame)",
@@ -143,6 +144,7 @@ def run(args: Args) -> int:
     lyrics = read_lyrics(args.lyrics)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     out = args.output_path(seed)
+    hub.resolve_args(args, checkpoint_dir="all")
     family = next((f for f in map(get_family, family_names()) if f.detect(Path(args.checkpoint_dir))), None)
     if hasattr(family, "generate_song"):  # a family with its own pipeline (ACE-Step 1.5)
         return family.generate_song(args, lyrics, seed, out)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from acetune import cli, stopping
+from acetune import cli, hub, stopping
 from acetune.cli import arg
 from acetune.dataset import schema
 from acetune.dataset.song import SongRecord, resolve_filename
@@ -29,9 +29,10 @@ from acetune.progress import progress
 from acetune.report import Report
 
 EXAMPLES = """examples:
+  acetune preprocess --input_name ./songs_filenames --output_name ./songs_prep --checkpoint_dir ACE-Step/ACE-Step-v1-3.5B
   acetune preprocess --input_name ./songs_filenames --output_name ./songs_prep --checkpoint_dir ./ACE-Step-v1-3.5B
   python preprocess_dataset_new.py --input_name ./songs_filenames --output_name ./songs_prep --checkpoint_dir ./ckpt
-  acetune preprocess ... --mert_dir ./MERT-v1-330M --trust_remote_code --mhubert_dir ./mHuBERT-147
+  acetune preprocess ... --mert_dir mert --trust_remote_code --mhubert_dir utter-project/mHuBERT-147
   acetune preprocess ... --num_shards 4 --shard_index 0        # one of four machines
   acetune preprocess --merge ./prep_0 ./prep_1 --output_name ./songs_prep
 """
@@ -45,7 +46,10 @@ class Args:
     output_name: Path | None = arg(None, help="output folder of the preprocessed dataset (resumed if it exists)",
                                    aliases=("--output",))
     checkpoint_dir: Path | None = arg(None, help="ACE-Step checkpoint folder (music_dcae_f8c8/, music_vocoder/, "
-                                                 "umt5-base/, ace_step_transformer/)")
+                                                 "umt5-base/, ace_step_transformer/), or a Hub repo id / short name "
+                                                 "(e.g. ACE-Step/ACE-Step-v1-3.5B, v1; only the encoders are fetched)")
+    revision: str = arg("", help="Hub branch, tag or commit of a --checkpoint_dir repo id (default: main)")
+    offline: bool = arg(False, help="use only the HF cache, never the network (also: HF_HUB_OFFLINE=1)")
     family: str = arg("ace-step-v1", help="model family of the checkpoint (ace-step-v1, acestep15)",
                       aliases=("--model_family",))
     lyric_vocab: Path | None = arg(None, help="lyric BPE vocab.json (default: next to the checkpoint, then the cache)")
@@ -60,8 +64,9 @@ class Args:
     split: bool = arg(False, help="instead of cropping, cut long songs into overlapping --max_duration windows")
     split_overlap: float = arg(10.0, help="seconds shared by consecutive --split windows")
     loudness_lufs: float | None = arg(None, help="normalise each song to this integrated loudness first (e.g. -14)")
-    mert_dir: Path | None = arg(None, help="local MERT-v1-330M folder: store its SSL targets (needs --trust_remote_code)")
-    mhubert_dir: Path | None = arg(None, help="local mHuBERT-147 folder: store its SSL targets")
+    mert_dir: Path | None = arg(None, help="MERT-v1-330M folder or Hub id (`mert`: pinned commit): store its SSL "
+                                           "targets (needs --trust_remote_code)")
+    mhubert_dir: Path | None = arg(None, help="mHuBERT-147 folder or Hub id (`mhubert`): store its SSL targets")
     trust_remote_code: bool = arg(False, help="allow an SSL model folder's own Python code to run (MERT needs it)")
     ssl_batch_size: int = arg(8, help="SSL chunks per forward pass (does not change results)")
     num_shards: int = arg(1, help="split the songs into this many disjoint shards (one per machine/GPU)")
@@ -161,13 +166,16 @@ def shard(songs: list[SongRecord], num_shards: int, index: int) -> list[SongReco
     return [songs[i] for i in picked]
 
 
-def build_meta(args: Args, family, ssl_names: tuple[str, ...], dtype: torch.dtype, device: torch.device):
+def build_meta(args: Args, family, ssl_names: tuple[str, ...], dtype: torch.dtype, device: torch.device,
+               sources: dict | None = None):
     settings = {
         "encoder_config_hash": family.encoder_config_hash(args.checkpoint_dir),
         "max_duration": args.max_duration, "split": args.split,
         "split_overlap": args.split_overlap if args.split else None,
         "seed": args.seed, "loudness_lufs": args.loudness_lufs,
-        "ssl_models": {n: Path(d).name for n, d in (("mert", args.mert_dir), ("m-hubert", args.mhubert_dir)) if d},
+        "ssl_models": {n: _model_name(d, (sources or {}).get(f)) for n, f, d in (
+            ("mert", "mert_dir", args.mert_dir), ("m-hubert", "mhubert_dir", args.mhubert_dir)) if d},
+        "model_sources": sources or {},  # Hub repo + commit (or local path) of every model used
         "num_shards": args.num_shards, "shard_index": args.shard_index, "device": str(device),
         "compute_dtype": str(dtype).removeprefix("torch."), "part_size": args.part_size,
     }
@@ -176,6 +184,11 @@ def build_meta(args: Args, family, ssl_names: tuple[str, ...], dtype: torch.dtyp
                               prompt_variants=args.prompt_variants, settings=settings,
                               checkpoint=(family.checkpoint_identity(args.checkpoint_dir)
                                           if hasattr(family, "checkpoint_identity") else {}))
+
+
+def _model_name(folder, source: dict | None) -> str:
+    """The SSL model's name: its folder name, or the repo name for a Hub download (not the commit folder)."""
+    return source["repo_id"].split("/")[-1] if source and "repo_id" in source else Path(folder).name
 
 
 def prepare_output(out: Path, meta: schema.DatasetMeta, overwrite: bool) -> None:
@@ -230,11 +243,13 @@ def run(args: Args) -> int:
     datasets.disable_progress_bars()  # ours is enough
     report = Report("preprocess")
     family = get_family(args.family)
-    family.check_checkpoint(args.checkpoint_dir)  # names the first missing file, before any work
+    sources = hub.resolve_args(args, checkpoint_dir="preprocess", mert_dir="all", mhubert_dir="all")
+    # names the first missing file, before any work (only the parts preprocess reads)
+    family.check_checkpoint(args.checkpoint_dir, components=hub.stage_components(family.name, "preprocess"))
     device, dtype = resolve_device(args)
     songs = shard(read_songs(args.input_name, report), args.num_shards, args.shard_index)
     encoders = load_encoders(args, family, dtype)
-    meta = build_meta(args, family, encoders.ssl_names, dtype, device)
+    meta = build_meta(args, family, encoders.ssl_names, dtype, device, sources)
     out = args.output_name
     prepare_output(out, meta, args.overwrite)
     tag = store.shard_tag(args.num_shards, args.shard_index)

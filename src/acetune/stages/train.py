@@ -27,7 +27,7 @@ from acetune.training.recipes import RECIPES
 logger = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
-  acetune train --dataset_path data/prep --checkpoint_dir ACE-Step-v1-3.5B --max_steps 2000
+  acetune train --dataset_path data/prep --checkpoint_dir ACE-Step/ACE-Step-v1-3.5B --max_steps 2000
   # the fork's command line works as is:
   python trainer_new.py --dataset_path data/prep --checkpoint_dir ckpt --lora_config_path config/lora_config.json \\
       --learning_rate 1e-4 --max_steps 5000 --every_n_train_steps 500 --exp_name mystyle
@@ -58,7 +58,10 @@ PRECISIONS = {  # flag -> (compute dtype, LoRA dtype, autocast)
 @dataclass
 class Args:
     dataset_path: str = arg(help="preprocessed dataset folder (`acetune preprocess --output_dir`)")
-    checkpoint_dir: str = arg(help="ACE-Step checkpoint folder (ace_step_transformer/, music_dcae_f8c8/, ...)")
+    checkpoint_dir: str = arg(help="ACE-Step checkpoint folder (ace_step_transformer/, music_dcae_f8c8/, ...) or a "
+                                   "Hub repo id / short name (only the transformer is fetched unless validating)")
+    revision: str = arg("", help="Hub branch, tag or commit of a --checkpoint_dir repo id (default: main)")
+    offline: bool = arg(False, help="use only the HF cache, never the network (also: HF_HUB_OFFLINE=1)")
     lora_config_path: str = arg(DEFAULT_LORA_CONFIG, help="peft LoraConfig JSON (r, lora_alpha, target_modules, "
                                 "use_rslora); add linear_q/linear_k/linear_v to adapt the lyric encoder too")
     adapter: str = arg("lora", choices=("lora", "lokr"), help="adapter kind; lokr (peft LoKr, ACE-Step 1.5 only) "
@@ -217,6 +220,7 @@ def build_run(args: Args, echo=print):
     from accelerate import Accelerator
 
     from acetune.dataset.schema import load_dataset
+    from acetune.hub import resolve_model
     from acetune.models.family import detect_family
     from acetune.training import checkpoint as ckpt
     from acetune.training import run_folder
@@ -231,7 +235,9 @@ def build_run(args: Args, echo=print):
     from acetune.training.resume import seed_everything
     from acetune.training.val_loss import held_out_songs
 
-    checkpoint_dir = Path(args.checkpoint_dir)
+    source = resolve_model(args.checkpoint_dir, stage="all" if args.validation_prompt else "train",
+                           revision=args.revision or None, offline=args.offline)
+    checkpoint_dir = source.path
     family = detect_family(checkpoint_dir)
     apply_recipe(args, family.name)  # before anything reads a flag the recipe sets
     hf_dataset, meta = load_dataset(args.dataset_path)
@@ -312,6 +318,7 @@ def build_run(args: Args, echo=print):
             echo(f"--resume: no checkpoint in {output_dir} yet; starting from step 0")
     metrics = MetricsLogger()
     train_config = {**asdict(args), "family": family.name, "dataset_hash": meta.checkpoint_hash,
+                    "checkpoint_source": source.record(),
                     # 1.5: the resolved recipe (a resume that changes it is a hyper-parameter change)
                     **({"v15_recipe": {**asdict(recipe), "variant": family.variant_of(checkpoint_dir)}}
                        if recipe is not None else {})}

@@ -39,8 +39,8 @@ class V1Family:
         except (OSError, ValueError, AttributeError):
             return False
 
-    def check_checkpoint(self, checkpoint_dir: Path) -> None:
-        check_checkpoint(ACEStepTransformer2DModel, checkpoint_dir)
+    def check_checkpoint(self, checkpoint_dir: Path, components: tuple[str, ...] | None = None) -> None:
+        check_checkpoint(ACEStepTransformer2DModel, checkpoint_dir, components)
 
     def load_transformer(self, checkpoint_dir: Path, dtype: torch.dtype = torch.float32,
                          device: str | torch.device = "cpu", drop_unused: bool = False) -> torch.nn.Module:

@@ -215,9 +215,14 @@ def load_transformer(model_cls: type, folder: Path | str, dtype: torch.dtype = t
     return model.eval()
 
 
-def check_checkpoint(model_cls: type, checkpoint_dir: Path | str) -> None:
-    """Refuse an incomplete checkpoint folder before anything is loaded (CheckpointError, first problem)."""
+def check_checkpoint(model_cls: type, checkpoint_dir: Path | str, components: tuple[str, ...] | None = None) -> None:
+    """Refuse an incomplete checkpoint folder before anything is loaded (CheckpointError, first problem).
+
+    `components`: the folders whose weights must be there (None: all; a stage that reads fewer passes
+    `hub.stage_components`); every folder and config must be there regardless.
+    """
     checkpoint_dir = Path(checkpoint_dir)
+    needed = V1_COMPONENT_DIRS if components is None else components
     for sub in V1_COMPONENT_DIRS:
         if not (checkpoint_dir / sub).is_dir():
             raise CheckpointError(f"missing folder {sub}/", path=checkpoint_dir / sub, fix=_FIX_INCOMPLETE)
@@ -225,8 +230,9 @@ def check_checkpoint(model_cls: type, checkpoint_dir: Path | str) -> None:
     for sub in (V1_TRANSFORMER_DIR, V1_DCAE_DIR, V1_VOCODER_DIR):
         if not (checkpoint_dir / sub / CONFIG_FILE).is_file():
             raise CheckpointError(f"missing {CONFIG_FILE}", path=checkpoint_dir / sub / CONFIG_FILE, fix=_FIX_INCOMPLETE)
-        weight_files(checkpoint_dir / sub)
-    for name in TEXT_ENCODER_FILES:
+        if sub in needed:
+            weight_files(checkpoint_dir / sub)
+    for name in TEXT_ENCODER_FILES if V1_TEXT_ENCODER_DIR in needed else ():
         if not (checkpoint_dir / V1_TEXT_ENCODER_DIR / name).is_file():
             raise CheckpointError(f"missing {name}", path=checkpoint_dir / V1_TEXT_ENCODER_DIR / name,
                                   fix=_FIX_INCOMPLETE)

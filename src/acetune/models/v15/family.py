@@ -131,7 +131,8 @@ class V15Family:
         except (OSError, ValueError, AttributeError):
             return False
 
-    def check_checkpoint(self, checkpoint_dir: Path) -> None:
+    def check_checkpoint(self, checkpoint_dir: Path, components: tuple[str, ...] | None = None) -> None:
+        """`components`: the folders whose weights must be there (None: all, see `hub.stage_components`)."""
         checkpoint_dir = Path(checkpoint_dir)
         index = _read_json(checkpoint_dir / MODEL_INDEX_FILE)
         if index.get("_class_name") != PIPELINE_CLASS:
@@ -142,7 +143,7 @@ class V15Family:
                 raise CheckpointError(f"missing folder {sub}/", path=checkpoint_dir / sub, fix=_FIX)
         for sub in (TRANSFORMER_DIR, CONDITION_ENCODER_DIR):
             _read_json(checkpoint_dir / sub / CONFIG_FILE)
-            if not any((checkpoint_dir / sub).glob("*.safetensors")):
+            if (components is None or sub in components) and not any((checkpoint_dir / sub).glob("*.safetensors")):
                 raise CheckpointError("no .safetensors weights", path=checkpoint_dir / sub, fix=_FIX)
 
     def load_transformer(self, checkpoint_dir: Path, dtype: torch.dtype = torch.float32,
