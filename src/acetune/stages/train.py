@@ -226,7 +226,7 @@ def build_run(args: Args, echo=print):
     from acetune.training import checkpoint as ckpt
     from acetune.training import run_folder
     from acetune.training.data import ConditionDropout, LyricCache, SongDataset
-    from acetune.training.loggers import MetricsLogger, build_logger
+    from acetune.training.loggers import JsonlMetrics, MetricsLogger, build_logger
     from acetune.training.loop import LoopConfig, TrainRun
     from acetune.training.lora import add_lora, init_lora_from_file, touches_lyric_encoder
     from acetune.training.optim import build_lr_scheduler, build_optimizer, optimizer_advice
@@ -300,6 +300,8 @@ def build_run(args: Args, echo=print):
     if accelerator.is_main_process and not args.overfit_check:
         metrics = build_logger(args.logger, args.logger_dir or output_dir / "logs", run_name=args.exp_name,
                                config=train_config)
+        resumed_step = int(resume_from.name.split("-")[-1]) if resume_from is not None else None
+        metrics = JsonlMetrics(metrics, output_dir, resume_step=resumed_step)
     loop_config = LoopConfig(
         output_dir=output_dir, max_steps=args.max_steps, epochs=args.epochs, batch_size=args.batch_size,
         num_workers=args.num_workers, accumulate_grad_batches=args.accumulate_grad_batches,

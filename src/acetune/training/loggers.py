@@ -161,6 +161,58 @@ class WandbLogger(MetricsLogger):
         self.run.finish()
 
 
+METRICS_FILE = "metrics.jsonl"  # in the run's output folder; the studio's training monitor reads it
+
+
+class JsonlMetrics(MetricsLogger):
+    """Every `log` call also appended to `<run_dir>/metrics.jsonl`, whatever `--logger` is.
+
+    One JSON object per line, {"step": int, "time": unix float, "<metric>": float, ...}, flushed per
+    write ("train/learning_rate" is written as "train/lr"). On resume from step N, lines with a step
+    above N are dropped first (they belong to steps that will be trained again); a new run starts
+    the file afresh. Audio, images and closing go to the wrapped logger.
+    """
+
+    def __init__(self, inner: MetricsLogger, run_dir: str | os.PathLike, resume_step: int | None = None):
+        import json
+
+        self.inner, self._json = inner, json
+        self.path = Path(run_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resume_step is not None and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line + "\n")
+                except (json.JSONDecodeError, AttributeError):
+                    continue  # a line cut by a crash
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        self.inner.log(metrics, step)
+        import time
+
+        row = {"step": int(step), "time": time.time()}
+        for name, value in metrics.items():
+            row["train/lr" if name == "train/learning_rate" else name] = float(value)
+        self._file.write(self._json.dumps(row) + "\n")
+        self._file.flush()
+
+    def log_audio(self, name: str, wav: Any, sr: int, step: int) -> None:
+        self.inner.log_audio(name, wav, sr, step)
+
+    def log_image(self, name: str, array: Any, step: int) -> None:
+        self.inner.log_image(name, array, step)
+
+    def close(self) -> None:
+        self._file.close()
+        self.inner.close()
+
+
 def build_logger(
     kind: str,
     log_dir: str | os.PathLike,
