@@ -3,8 +3,8 @@
 Where each value goes (the names come from `acetune.dataset.sidecars.SIDECAR_NAMES`):
 - caption / lyrics: back into the file they were read from (so the precedence build-dataset applies
   is unchanged); a value stored in the ACE-Step 1.5 `stem.json` is updated there. A song without one
-  gets a new file named in its folder's convention (the convention most of the folder's sidecars
-  use; the fork's `_prompt.txt`/`_lyrics.txt` when the folder has none).
+  gets a new file named in the convention of its other sidecar, else the one most of its folder's
+  sidecars use (the fork's `_prompt.txt`/`_lyrics.txt` when the folder has none).
 - bpm / keyscale / language: the song's `stem.json`, merged (the only convention with these fields;
   `acetune caption` writes them there too, for every convention). An emptied field is removed.
 
@@ -57,6 +57,22 @@ def folder_convention(folder: Path) -> str:
     return votes.most_common(1)[0][0] if votes else "fork"
 
 
+def song_convention(audio: Path, sources: dict[str, str]) -> str:
+    """The convention of the song's own sidecars (caption first), else its folder's."""
+    for role in ("caption", "lyrics"):
+        name = sources.get(role)
+        if not name:
+            continue
+        if name == f"{audio.stem}.txt":  # SimpleTuner's caption, or ACE-Step 1.5 lyrics beside a .caption.txt
+            return "simpletuner" if role == "caption" else "acestep15"
+        if name == f"{audio.stem}.json":
+            return "acestep15"
+        for suffix, conv in _SUFFIX_CONVENTION:
+            if name.endswith(suffix):
+                return conv
+    return folder_convention(audio.parent)
+
+
 def _meta_path(audio: Path) -> Path:
     return audio.parent / sidecar_name("acestep15", "meta", audio.stem)
 
@@ -94,7 +110,7 @@ def plan_changes(audio: Path, sources: dict[str, str], current: dict, new: dict)
                 meta.pop(field, None)
             continue
         if src is None:
-            conv = conv or folder_convention(audio.parent)
+            conv = conv or song_convention(audio, sources)
             src = sidecar_name(conv, role, audio.stem)
         changes[audio.parent / src] = text + "\n" if text else None
     for field in META_FIELDS:

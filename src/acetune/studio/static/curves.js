@@ -11,7 +11,7 @@ function drawCurves(node, series) {
   const W = 480, H = 220, L = 52, R = 10, T = 10, B = 28;
   node.replaceChildren();
   const all = Object.values(series).flat().filter(p => Number.isFinite(p[1]));
-  node.dataset.points = String(all.length);
+  node.dataset.points = String((Object.values(series)[0] || []).length);  // the first (main) series
   if (!all.length) { const t = svg("text", { x: W / 2 - 40, y: H / 2 }); t.textContent = "no points yet"; node.append(t); return; }
   let [x0, x1] = [Math.min(...all.map(p => p[0])), Math.max(...all.map(p => p[0]))];
   let [y0, y1] = [Math.min(...all.map(p => p[1])), Math.max(...all.map(p => p[1]))];
