@@ -151,10 +151,10 @@ def test_run_log_keeps_text_and_final_bars_progress_keeps_the_latest(tmp_path):
     manager.runs[run.id] = run
     data = (b"starting\n\rtrain:  10%|#  | 1/10 [00:01<00:09, 1.0step/s]\rtrain:  50%|#####  | 5/10 [00:05<00:05, 1.0step/s]"
             b"\n\x1b[Asampling: 100%|##########| 60/60 [00:01<00:00]\n\rtrain: 100%|##########| 10/10 [00:10<00:00]\n"
-            b"done: step 10, 1.0 s/step\n")
+            b"done: step 10, 1.0 s/step\n\rtrain:  30%|###  | 3/10 [00:03<00:07, 1.0step/s]Interrupted: kept\n")
     manager._pump(run, FakeProc(data, 130), open(manager.log_path(run.id), "ab"))
     assert manager.log_path(run.id).read_text().splitlines() == [
         "starting", "sampling: 100%|##########| 60/60 [00:01<00:00]", "train: 100%|##########| 10/10 [00:10<00:00]",
-        "done: step 10, 1.0 s/step", "[exit code 130]"]  # no partial bars, no terminal escapes
-    assert run.progress == "train: 100%|##########| 10/10 [00:10<00:00] · sampling: 100%|##########| 60/60 [00:01<00:00]"
+        "done: step 10, 1.0 s/step", "Interrupted: kept", "[exit code 130]"]  # no partial bars, no escapes
+    assert run.progress == "train:  30%|###  | 3/10 [00:03<00:07, 1.0step/s] · sampling: 100%|##########| 60/60 [00:01<00:00]"
     assert (run.status, run.returncode) == ("stopped", 130)

@@ -118,10 +118,17 @@ class RunManager:
             for text, sep in zip(parts[0::2], parts[1::2]):
                 line = _ANSI.sub("", text.decode("utf-8", "replace")).strip()
                 if _BAR.search(line):
-                    bars[line.split(":", 1)[0] if ":" in line else ""] = line
-                    run.progress = " · ".join(bars.values())
-                    if sep == b"\r" or "100%|" not in line:  # the log keeps each bar's final line only
-                        continue
+                    # a message printed while a bar is open lands after the bar's closing "]" on one line
+                    cut = line.rfind("]") + 1 or len(line)
+                    line, rest = line[:cut].strip(), line[cut:].strip()
+                    desc = re.sub(r"\s*\(.*?\)", "", line.split(":", 1)[0]) if ":" in line else ""
+                    bars[desc] = line  # "Saving the dataset (0/1 shards)" and "(1/1 shards)" are one bar
+                    run.progress = " · ".join(list(bars.values())[-3:])
+                    if sep != b"\r" and "100%|" in line:  # the log keeps each bar's final line only
+                        log.write(line.encode() + b"\n")
+                    if rest:
+                        log.write(rest.encode() + b"\n")
+                    continue
                 if line or sep != b"\r":
                     log.write(line.encode() + b"\n")
             log.flush()

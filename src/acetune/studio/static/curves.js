@@ -7,12 +7,12 @@ function svg(tag, attrs) { const e = document.createElementNS(SVGNS, tag); for (
 function niceNumber(v) { return Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-2 && v !== 0) ? v.toExponential(1) : +v.toPrecision(3); }
 
 // series: {name: [[step, value], ...]}; draws every series with its own color and a legend.
-function drawCurves(node, series) {
+function drawCurves(node, series, empty) {
   const W = 480, H = 220, L = 52, R = 10, T = 10, B = 28;
   node.replaceChildren();
   const all = Object.values(series).flat().filter(p => Number.isFinite(p[1]));
   node.dataset.points = String((Object.values(series)[0] || []).length);  // the first (main) series
-  if (!all.length) { const t = svg("text", { x: W / 2 - 40, y: H / 2 }); t.textContent = "no points yet"; node.append(t); return; }
+  if (!all.length) { const t = svg("text", { x: 20, y: H / 2 }); t.textContent = empty || "no points yet"; node.append(t); return; }
   let [x0, x1] = [Math.min(...all.map(p => p[0])), Math.max(...all.map(p => p[0]))];
   let [y0, y1] = [Math.min(...all.map(p => p[1])), Math.max(...all.map(p => p[1]))];
   if (x1 === x0) x1 = x0 + 1;
@@ -23,7 +23,8 @@ function drawCurves(node, series) {
     const yv = y0 + (y1 - y0) * i / 4, y = sy(yv);
     node.append(svg("line", { x1: L, x2: W - R, y1: y, y2: y, stroke: "#eef0f5" }));
     const t = svg("text", { x: 4, y: y + 3 }); t.textContent = niceNumber(yv); node.append(t);
-    const xv = x0 + (x1 - x0) * i / 4, tx = svg("text", { x: sx(xv) - 8, y: H - 10 }); tx.textContent = Math.round(xv); node.append(tx);
+    const xv = x0 + (x1 - x0) * i / 4, tx = svg("text", { x: sx(xv) - 8, y: H - 10 });
+    tx.textContent = Number.isInteger(xv) || x1 - x0 >= 8 ? Math.round(xv) : xv.toFixed(1); node.append(tx);
   }
   Object.entries(series).forEach(([name, pts], i) => {
     const good = pts.filter(p => Number.isFinite(p[1]));

@@ -12,10 +12,11 @@ function seriesFor(names) {
 }
 
 function drawAll() {
-  drawCurves($("#curve-loss"), seriesFor(["train/loss", "train/denoising_loss", "val/loss"]));
+  drawCurves($("#curve-loss"), seriesFor(["train/loss", "val/loss"]));
   drawCurves($("#curve-lr"), seriesFor(["train/lr", "train/learning_rate"]));
   const valNames = [...new Set(monitor.points.flatMap(p => Object.keys(p).filter(k => k.startsWith("val/") && k !== "val/loss")))];
-  drawCurves($("#curve-val"), seriesFor(valNames.length ? valNames : ["val/loss"]));
+  drawCurves($("#curve-val"), seriesFor(valNames.length ? valNames : ["val/loss"]),
+    "no validation metrics (val/...) in metrics.jsonl yet");
 }
 
 function renderList(target, step) {
@@ -42,7 +43,10 @@ async function pollMonitor() {
   const last = monitor.points[monitor.points.length - 1];
   $("#monitor-status").textContent = `${monitor.points.length} logged step(s)` + (last ? ` · last step ${last.step}` : "");
   drawAll();
-  fillSelect($("#ckpt-select"), data.checkpoints.map(c => [c.path, `step ${c.step}`]), true);
+  const ckpt = $("#ckpt-select");  // follows the newest checkpoint unless the user picked an older one
+  const newest = !ckpt.options.length || ckpt.selectedIndex === ckpt.options.length - 1;
+  fillSelect(ckpt, data.checkpoints.map(c => [c.path, `step ${c.step}`]), !newest);
+  if (newest && data.checkpoints.length) ckpt.value = data.checkpoints[data.checkpoints.length - 1].path;
   const steps = [...new Set(data.validation.map(v => v.step))];
   const changed = JSON.stringify(data.validation) !== JSON.stringify(monitor.validation);
   monitor.validation = data.validation;
