@@ -71,3 +71,25 @@ def test_bad_media_shapes_raise(tmp_path):
         log.log_audio("x", np.zeros((1, 2, 3)), 100, 0)
     with build_logger("tensorboard", tmp_path) as log, pytest.raises(ValueError, match="image must be"):
         log.log_image("x", np.zeros((2, 2, 5)), 0)
+
+
+def test_metrics_jsonl_contract(tmp_path):
+    """metrics.jsonl (read by the studio's monitor): one object per step, lr as train/lr, resume drops later steps."""
+    import json
+
+    from acetune.training.loggers import METRICS_FILE, JsonlMetrics, MetricsLogger
+
+    log = JsonlMetrics(MetricsLogger(), tmp_path)
+    for step in (1, 2, 3):
+        log.log({"train/loss": 1.0 / step, "train/learning_rate": 1e-4}, step)
+    rows = [json.loads(x) for x in (tmp_path / METRICS_FILE).read_text().splitlines()]  # flushed, not closed
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[2]["train/loss"] == 1 / 3 and rows[0]["train/lr"] == 1e-4
+    assert all(isinstance(r["time"], float) for r in rows) and "train/learning_rate" not in rows[0]
+    log.close()
+    (tmp_path / METRICS_FILE).write_text((tmp_path / METRICS_FILE).read_text() + '{"step": 4, "ti')  # cut by a kill
+    log = JsonlMetrics(MetricsLogger(), tmp_path, resume_step=2)  # resumed from step-000002
+    log.log({"train/loss": 0.1}, 3)
+    log.close()
+    assert [json.loads(x)["step"] for x in (tmp_path / METRICS_FILE).read_text().splitlines()] == [1, 2, 3]
+    JsonlMetrics(MetricsLogger(), tmp_path).close()  # a new run starts afresh
+    assert (tmp_path / METRICS_FILE).read_text() == ""
