@@ -158,3 +158,29 @@ def test_run_log_keeps_text_and_final_bars_progress_keeps_the_latest(tmp_path):
         "done: step 10, 1.0 s/step", "Interrupted: kept", "[exit code 130]"]  # no partial bars, no escapes
     assert run.progress == "train:  30%|###  | 3/10 [00:03<00:07, 1.0step/s] · sampling: 100%|##########| 60/60 [00:01<00:00]"
     assert (run.status, run.returncode) == ("stopped", 130)
+
+
+def test_scan_attaches_report_problems_and_refresh_keeps_audio_ones(tmp_path, monkeypatch):
+    import numpy as np
+
+    from acetune.audio.io import audio_write
+    from acetune.studio.songs import SongIndex
+
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    audio_write(songs / "a.wav", np.zeros((2, 4800), dtype=np.float32) + 0.1, 48000)
+    (songs / "a_prompt.txt").write_bytes(b"rock \x80\x81 latin-1?")  # not UTF-8
+    audio_write(songs / "b.wav", np.zeros((2, 48000), dtype=np.float32) + 0.1, 48000)
+    data = (songs / "b.wav").read_bytes()
+    (songs / "b.wav").write_bytes(data[: len(data) // 2])  # header promises more than the file holds
+    index = SongIndex(songs, tmp_path / "work")
+    monkeypatch.setattr(index, "start_analysis", lambda: None)
+    index.scan()
+    rows = {r["id"]: r for r in index.query()["rows"]}
+    assert any("not UTF-8" in p for p in rows["a.wav"]["problems"]), rows["a.wav"]["problems"]
+    assert any(p.startswith("truncated") for p in rows["b.wav"]["problems"])
+    (songs / "b_prompt.txt").write_text("rock")
+    refreshed = index.refresh("b.wav").to_json()
+    assert refreshed["caption"] == "rock" and any(p.startswith("truncated") for p in refreshed["problems"])
+    assert [r["id"] for r in index.query(filter="problems")["rows"]] == ["a.wav", "b.wav"]
+    assert [r["id"] for r in index.query(q="truncated")["rows"]] == ["b.wav"]

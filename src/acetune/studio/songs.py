@@ -48,12 +48,13 @@ class SongRow:
     lyrics: str = ""
     lyrics_status: str = "missing"  # lyrics | instrumental | missing
     sources: dict[str, str] = field(default_factory=dict)  # role -> sidecar file name
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # from the sidecars (reread after each edit)
+    audio_problems: list[str] = field(default_factory=list)  # from the header and the folder scan
     measured: dict = field(default_factory=dict)  # bpm, keyscale, lufs, peak, clipped (background)
 
     @property
     def problem_count(self) -> int:
-        return len(self.problems) + len(self.measured.get("problems", []))
+        return len(self.problems) + len(self.audio_problems) + len(self.measured.get("problems", []))
 
     @property
     def lufs(self) -> float | None:
@@ -62,7 +63,7 @@ class SongRow:
     def to_json(self, full: bool = False) -> dict:
         d = asdict(self)
         d["problem_count"] = self.problem_count
-        d["problems"] = self.problems + self.measured.get("problems", [])
+        d["problems"] = self.problems + d.pop("audio_problems") + self.measured.get("problems", [])
         if not full:
             d.pop("lyrics")
         return d
@@ -112,10 +113,10 @@ class SongIndex:
                 info = audio_info(path)
                 row.duration, row.sample_rate, row.channels = info.duration, info.sample_rate, info.channels
                 if info.truncated:
-                    row.problems.append("truncated: the file ends before its header says")
+                    row.audio_problems.append("truncated: the file ends before its header says")
             except Exception as e:  # noqa: BLE001 - any header failure is the user's file, shown in the table
-                row.problems.append(f"unreadable audio ({getattr(e, 'reason', e)})")
-            row.problems += [r for r in by_file.get(os.path.normpath(path), []) if r not in row.problems]
+                row.audio_problems.append(f"unreadable audio ({getattr(e, 'reason', e)})")
+            row.audio_problems += [r for r in by_file.get(os.path.normpath(path), []) if r not in row.problems]
             rows[rel] = row
         with self.lock:
             self.rows = rows
@@ -146,8 +147,8 @@ class SongIndex:
                 except Exception:  # noqa: BLE001 - reported by a full scan; here only the song's own files matter
                     pass
         new = row_from_sidecars(song_id, path, find_sidecars(path, names, csvs))
-        new.duration, new.sample_rate, new.channels, new.measured = (old.duration, old.sample_rate, old.channels,
-                                                                   old.measured)
+        new.duration, new.sample_rate, new.channels = old.duration, old.sample_rate, old.channels
+        new.measured, new.audio_problems = old.measured, old.audio_problems
         with self.lock:
             self.rows[song_id] = new
         return new
@@ -161,7 +162,8 @@ class SongIndex:
         q = q.strip().lower()
         if q:
             rows = [r for r in rows if q in r.id.lower() or q in r.caption.lower() or q in r.lyrics.lower()
-                    or q in (r.keyscale or "").lower() or any(q in p.lower() for p in r.problems)]
+                    or q in (r.keyscale or "").lower()
+                    or any(q in p.lower() for p in r.problems + r.audio_problems + r.measured.get("problems", []))]
         if filter == "problems":
             rows = [r for r in rows if r.problem_count]
         elif filter == "no_caption":
