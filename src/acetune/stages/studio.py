@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +48,8 @@ class Args:
             raise UsageError(f"--port must be 1..65535, got {self.port}")
         if not is_loopback(self.host) and not self.token:
             raise UsageError(f"--host {self.host} lets other machines reach the studio, so it needs a token",
-                             fix=f"add --token {secrets.token_urlsafe(16)} (or set {TOKEN_ENV}), "
-                                 "or keep the default --host 127.0.0.1")
+                             fix="add --token with a secret of your own (e.g. from `python -c \"import secrets; "
+                                 f"print(secrets.token_urlsafe())\"`) or set {TOKEN_ENV}, or keep --host 127.0.0.1")
 
 
 def is_loopback(host: str) -> bool:

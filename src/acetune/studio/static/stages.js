@@ -24,7 +24,12 @@ function formValues() {
     if (!input) continue;
     values[f.name] = f.kind === "bool" ? input.checked : input.value;
   }
-  if (stages.stage === "caption" && studio.state.captionIds) { delete values.data_dir; delete values.files; }
+  if (stages.stage === "caption" && studio.state.captionIds) {  // preview: the first folder's run
+    const folderOf = id => id.includes("/") ? id.slice(0, id.lastIndexOf("/")) : "";
+    const ids = studio.state.captionIds, first = folderOf(ids[0]);
+    values.data_dir = studio.info.data_dir + (first ? "/" + first : "");
+    values.files = ids.filter(id => folderOf(id) === first).map(id => id.split("/").pop()).join("\n");
+  }
   return values;
 }
 
