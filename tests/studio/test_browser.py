@@ -123,7 +123,7 @@ def test_edit_caption_and_bpm_writes_sidecars(browser, studio_env):
                 "document.getElementById('f-bpm').value = '101'", "folk, acoustic guitar, studio edit")
     browser.find_element("id", "song-save").click()
     wait(lambda: song_status(browser).startswith("saved"), 15, "save")
-    assert (songs / "river_song_prompt.txt").read_text(encoding="utf-8") == "folk, acoustic guitar, studio edit\n"
+    assert (songs / "river_song_prompt.txt").read_text(encoding="utf-8") == "folk, acoustic guitar, studio edit"
     assert json.loads((songs / "river_song.json").read_text(encoding="utf-8")) == {"bpm": 101}
     assert (songs / "river_song_lyrics.txt").read_text(encoding="utf-8") == RIVER.lyrics  # untouched
 
@@ -160,7 +160,7 @@ def test_bulk_add_tag(browser, server, studio_env):
     wait(lambda: "2 of 2" in js(browser, "return document.getElementById('bulk-status').textContent"), 15, "bulk edit")
     songs = studio_env["songs"]
     assert (songs / "lofi_rain_prompt.txt").read_text(encoding="utf-8").rstrip().endswith(", studio tag")
-    assert (songs / "more" / "night.caption.txt").read_text(encoding="utf-8") == "synthwave, night drive, studio tag\n"
+    assert (songs / "more" / "night.caption.txt").read_text(encoding="utf-8") == "synthwave, night drive, studio tag"
     assert "studio tag" not in (songs / "neon_drive_prompt.txt").read_text(encoding="utf-8")
     wait(lambda: "studio tag" in js(browser, "return document.querySelector(\"tr[data-id='lofi_rain.wav']\").textContent"),
          10, "table shows the new tag")
@@ -267,6 +267,8 @@ def test_stages_train_monitor_stop_resume_export(browser, server, studio_env):
     assert stopped["status"] == "stopped" and stopped["returncode"] == 130, stopped
     saved = sorted(int(p.name.split("-")[1]) for p in out.glob("step-*"))
     assert saved and saved[-1] < steps
+    stop_log = api(server, f"/api/runs/{run['id']}/log")["text"]  # the step it stopped at was saved (COORD)
+    assert f"after step {saved[-1]}: saved {out / f'step-{saved[-1]:06d}'}" in stop_log, stop_log[-1500:]
     resume = wait(lambda: browser.find_elements("css selector", f"tr[data-run='{run['id']}'] button.resume"), 15,
                   "resume button")
     resume[0].click()

@@ -50,7 +50,7 @@ def test_acestep15_song_keeps_its_files_and_other_json_fields(tmp_path):
     save(tmp_path, audio, {"caption": "jazz, sax", "lyrics": "new words", "bpm": "95", "keyscale": "C major"})
     meta = json.loads((audio.parent / "b.json").read_text())
     assert meta == {"lyrics": "new words", "bpm": 95, "keyscale": "C major", "timesignature": "4"}
-    assert (audio.parent / "b.caption.txt").read_text() == "jazz, sax\n"
+    assert (audio.parent / "b.caption.txt").read_text() == "jazz, sax"
     assert not (audio.parent / "b_prompt.txt").exists() and not (audio.parent / "b.lyrics.txt").exists()
 
 
@@ -80,7 +80,7 @@ def test_conflict_bad_bpm_and_multi_level_undo(tmp_path):
     save(tmp_path, audio, {"caption": "two"})
     save(tmp_path, audio, {"caption": "three", "bpm": "100"})
     journal = Journal(tmp_path / "journal.jsonl")
-    assert journal.undo("d.wav") and (audio.parent / "d_prompt.txt").read_text() == "two\n"
+    assert journal.undo("d.wav") and (audio.parent / "d_prompt.txt").read_text() == "two"
     assert not (audio.parent / "d.json").exists()
     assert journal.undo("d.wav") and (audio.parent / "d_prompt.txt").read_text() == "changed elsewhere"
     assert not journal.undo("d.wav") and not journal.can_undo("d.wav")

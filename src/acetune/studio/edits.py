@@ -112,7 +112,7 @@ def plan_changes(audio: Path, sources: dict[str, str], current: dict, new: dict)
         if src is None:
             conv = conv or song_convention(audio, sources)
             src = sidecar_name(conv, role, audio.stem)
-        changes[audio.parent / src] = text + "\n" if text else None
+        changes[audio.parent / src] = text or None  # one line, no final newline: as `acetune caption` writes
     for field in META_FIELDS:
         if field not in new:
             continue
@@ -129,7 +129,7 @@ def plan_changes(audio: Path, sources: dict[str, str], current: dict, new: dict)
         if str(meta.get(field)) != str(value):
             meta[field] = value
     if meta != meta_before:
-        changes[_meta_path(audio)] = json.dumps(meta, ensure_ascii=False, indent=2) + "\n" if meta else None
+        changes[_meta_path(audio)] = json.dumps(meta, ensure_ascii=False, indent=2) if meta else None
     return changes
 
 
