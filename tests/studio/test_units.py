@@ -184,3 +184,17 @@ def test_scan_attaches_report_problems_and_refresh_keeps_audio_ones(tmp_path, mo
     assert refreshed["caption"] == "rock" and any(p.startswith("truncated") for p in refreshed["problems"])
     assert [r["id"] for r in index.query(filter="problems")["rows"]] == ["a.wav", "b.wav"]
     assert [r["id"] for r in index.query(q="truncated")["rows"]] == ["b.wav"]
+
+
+def test_bulk_instrumental_and_rename_across_conventions(tmp_path):
+    a = song(tmp_path / "songs", "a", {"a_prompt.txt": "rock, Piano", "a_lyrics.txt": "words"})
+    b = song(tmp_path / "songs", "b", {"b.caption.txt": "jazz, piano"})
+    rows = [row_from_sidecars(p.name, p, reread(p)) for p in (a, b)]
+    journal = Journal(tmp_path / "journal.jsonl")
+    assert edits.bulk_edit(journal, rows, tmp_path / "songs", "rename", "piano", "keys") == 2
+    assert (reread(a).caption, reread(b).caption) == ("rock, keys", "jazz, keys")
+    rows = [row_from_sidecars(p.name, p, reread(p)) for p in (a, b)]
+    assert edits.bulk_edit(journal, rows, tmp_path / "songs", "instrumental") == 2
+    assert (a.parent / "a_lyrics.txt").read_text() == "[instrumental]"  # the file it came from
+    assert (b.parent / "b.lyrics.txt").read_text() == "[instrumental]"  # the song's 1.5 convention
+    assert journal.undo("b.wav") and not (b.parent / "b.lyrics.txt").exists()
