@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {  # in pipeline order (the order `acetun
     "export": ("acetune.stages.export", "bake alpha, convert to ComfyUI keys, SVD-resize or merge a LoRA"),
     "generate": ("acetune.stages.generate", "render a song from a prompt, lyrics and LoRAs to 48 kHz audio"),
     "evaluate": ("acetune.stages.evaluate", "score checkpoints (validation loss, CLAP), plot, recommend a checkpoint"),
+    "studio": ("acetune.stages.studio", "open the local web app: review and edit songs, run the stages, watch training"),
     "demo": ("acetune.stages.demo", "run the whole pipeline on a tiny generated model and songs (offline, minutes)"),
     "doctor": ("acetune.stages.doctor", "check a checkpoint folder (files, configs, keys, shapes, dtype, disk, GPU)"),
     "selftest": ("acetune.stages.selftest", "check this implementation against golden reference vectors"),

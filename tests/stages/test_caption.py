@@ -173,6 +173,15 @@ def test_usage_errors(songs, capsys):
     assert run_command("caption", ["--data_dir", str(songs), "--server_url", "x", "--model_path", "y"]) == 1
 
 
+def test_files_limits_the_run_to_named_songs(songs, capsys):
+    """`--files` (the studio's "caption selection"): only those songs; an unknown name is one error line."""
+    assert run_command("caption", ["--data_dir", str(songs), "--dry_run", "--files", "b_inst.flac"]) == 0
+    out = capsys.readouterr().out
+    assert "b_inst.flac: would write" in out and "a_vocal" not in out
+    assert run_command("caption", ["--data_dir", str(songs), "--dry_run", "--files", "nope.wav"]) == 1
+    assert "--files names songs not in --data_dir: nope.wav" in capsys.readouterr().err
+
+
 # ---- backend (a): tiny random Qwen2.5-Omni thinker in the official folder layout ---------------
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",

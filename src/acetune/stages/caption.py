@@ -56,6 +56,8 @@ class Args:
     max_new_tokens: int = arg(1000, help="longest answer the model may give per chunk")
     device: str = arg("auto", help="auto, cuda, cuda:1 or cpu (for --model_path)")
     dtype: str = arg("bfloat16", choices=("bfloat16", "float16", "float32"), help="weights dtype for --model_path")
+    files: list[str] = arg(default_factory=list, help="only these audio files of --data_dir (file names; "
+                           "default: every song)")
     dry_run: bool = arg(False, help="list what would be written, load no model")
     strict: bool = arg(False, help="exit with code 1 if any song had a problem")
 
@@ -210,6 +212,12 @@ def caption_song(plan: Plan, backend, args: Args, report: Report) -> bool:
 def run(args: Args) -> int:
     report = Report("caption")
     songs = find_songs(args.data_dir)
+    if args.files:
+        missing = sorted(set(args.files) - {p.name for p in songs})
+        if missing:
+            raise UsageError(f"--files names songs not in --data_dir: {', '.join(missing[:5])}", path=args.data_dir,
+                             fix="pass audio file names (e.g. song.wav) of that folder")
+        songs = [p for p in songs if p.name in set(args.files)]
     plans = []
     for song in songs:
         try:
