@@ -161,11 +161,20 @@ def parse_args(args_cls, argv: Sequence[str], prog: str, description: str | None
     return args_cls(**ns)
 
 
+_invocation: list[str] = []  # the running command's words, for "run this to continue" advice
+
+
+def invocation() -> list[str]:
+    """The command line that started the running stage, e.g. ["acetune", "train", "--dataset_path", "d"]."""
+    return list(_invocation)
+
+
 def run_command(name: str, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run one command with its flags; turn user errors into one line. Returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     module_name, summary = COMMANDS[name]
     prog = prog or f"acetune {name}"
+    _invocation[:] = [*(["python"] if prog.endswith(".py") else []), *prog.split(), *argv]
     try:
         silence_library_bars()
         module = importlib.import_module(module_name)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from acetune import cli, stopping
 from acetune.cli import arg
 from acetune.errors import TrainingError, UsageError
 
@@ -324,6 +326,7 @@ def header(run, freed: dict[str, int], args: Args) -> list[str]:
 
 
 def run(args: Args) -> int:
+    from acetune.training import checkpoint as ckpt
     from acetune.training.loop import fit, overfit_check
 
     run_, freed = build_run(args)
@@ -337,15 +340,40 @@ def run(args: Args) -> int:
              f"({result['ratio']:.1f}x) in {result['steps']} steps")
         return 0 if result["passed"] else 1
     try:
-        summary = fit(run_)
+        with stopping.graceful_stop():
+            summary = fit(run_)
+    except KeyboardInterrupt:  # a second Ctrl-C: saves are atomic, so the newest checkpoint is whole
+        newest = ckpt.find_latest_checkpoint(args.output_dir)
+        print(f"Aborted: nothing after {newest or 'the start'} was saved; continue with: "
+              f"{resume_command(args) if newest else stopping.command_line(cli.invocation())}", file=sys.stderr)
+        return stopping.exit_code()
     finally:
         run_.metrics.close()
     first = "-" if summary["first_loss"] is None else f"{summary['first_loss']:.4f}"
     last = "-" if summary["last_loss"] is None else f"{summary['last_loss']:.4f}"
-    echo(f"done: step {summary['steps']} ({summary['steps_this_run']} this run, {summary['seconds']:.1f} s, "
+    echo(f"{'stopped' if summary['stopped'] else 'done'}: step {summary['steps']} ({summary['steps_this_run']} this run, {summary['seconds']:.1f} s, "
          f"{summary['seconds_per_step']:.3f} s/step), loss {first} -> {last}, "
          f"processes {summary['processes']}, replicas in sync: {'yes' if summary['replicas_in_sync'] else 'NO'}")
     echo(f"last checkpoint: {summary['checkpoint']}")
+    if summary["stopped"] and run_.accelerator.is_main_process:
+        print(f"Stopped by {stopping.signal_name()} after step {summary['steps']}: saved {summary['checkpoint']}; "
+              f"continue with: {resume_command(args)}", file=sys.stderr, flush=True)
     if not summary["replicas_in_sync"]:
         raise TrainingError("the processes ended with different LoRA weights", fix="report this with the command line")
-    return 0
+    return stopping.exit_code() if summary["stopped"] else 0
+
+
+def resume_command(args: Args) -> str:
+    """This run's command line, changed to continue from the newest checkpoint in --output_dir."""
+    out, skip, dropped = [], False, False
+    for word in cli.invocation():
+        name = word.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif name in ("--resume_from", "--resume-from", "--ckpt_path"):
+            skip, dropped = "=" not in word, True
+        elif name not in ("--resume", "--no-resume"):
+            out.append(word)
+    if args.resume_from and not dropped:  # it came from --config: blank it
+        out += ["--resume_from", ""]
+    return stopping.command_line([*out, "--resume"])

@@ -24,6 +24,7 @@ import torch
 
 from acetune.errors import TrainingError
 from acetune.progress import progress
+from acetune.stopping import stop_requested
 from acetune.training import checkpoint as ckpt
 from acetune.training.data import ConditionDropout, LyricCache, SongDataset, batch_to, make_batch
 from acetune.training.loggers import MetricsLogger
@@ -147,6 +148,15 @@ def _all_finite(value: torch.Tensor, world: int) -> bool:
     return bool(flag.item())
 
 
+def _stop_everywhere(world: int, device: torch.device) -> bool:
+    """True when any rank got Ctrl-C/SIGTERM (all ranks then stop at the same step)."""
+    if world == 1:
+        return stop_requested()
+    flag = torch.tensor([float(stop_requested())], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def _check_replicas(run: TrainRun, world: int) -> bool:
     """True when every rank holds the same LoRA weights (DDP kept them in sync)."""
     if world == 1:
@@ -250,21 +260,21 @@ def _fit(run: TrainRun) -> dict:
                 last_saved = save_checkpoint(run, step, epoch, micro)
             if main and cfg.validation is not None and cfg.validation.due(step):
                 validate(run, step)
-            if step >= cfg.max_steps:
+            if step >= cfg.max_steps or _stop_everywhere(world, device):  # Ctrl-C / SIGTERM: saved just below
                 break
         else:
             continue  # epoch finished: next epoch
         break
     bar.close()
     if main and step > 0 and (last_saved is None or ckpt.list_checkpoints(cfg.output_dir)[-1][0] != step):
-        last_saved = save_checkpoint(run, step, epoch, micro)  # stopped by --epochs between save points
+        last_saved = save_checkpoint(run, step, epoch, micro)  # stopped by --epochs or a signal off a save point
     in_sync = _check_replicas(run, world)
     elapsed = time.perf_counter() - started
     return {
         "steps": step, "steps_this_run": steps_run, "epochs_done": micro / per_epoch,
         "first_loss": first_loss, "last_loss": last_loss, "seconds": elapsed,
         "seconds_per_step": elapsed / max(1, steps_run), "checkpoint": str(last_saved) if last_saved else None,
-        "processes": world, "replicas_in_sync": in_sync,
+        "processes": world, "replicas_in_sync": in_sync, "stopped": stop_requested(),
     }
 
 
