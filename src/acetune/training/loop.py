@@ -114,6 +114,7 @@ def save_checkpoint(run: TrainRun, step: int, epoch: int, micro: int) -> Path:
         run.config.output_dir, step, lora_state=run.setup.lora_state(run.model), adapter_config=run.setup.config,
         optimizer=run.optimizer, scheduler=run.scheduler, config=run.train_config, epoch=epoch, extra=extra,
         param_names=run.setup.names, keep_last=run.config.save_last,
+        weights_file=getattr(run.setup, "weights_file", ckpt.LORA_WEIGHTS_FILE),
     )
 
 
