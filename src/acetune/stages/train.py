@@ -75,7 +75,8 @@ class Args:
     # optimisation
     learning_rate: float = arg(1e-4, help="peak learning rate (Prodigy: a multiplier, usually 1.0)")
     weight_decay: float = arg(1e-2, help="decoupled weight decay")
-    optimizer: str = arg("adamw", choices=("adamw", "prodigy"), help="AdamW (betas 0.8, 0.9 as the fork) or Prodigy")
+    optimizer: str = arg("adamw", choices=("adamw", "prodigy", "adafactor"), help="AdamW (betas 0.8, 0.9 as the "
+                         "fork), Prodigy, or Adafactor (factored second moments: the small-memory choice for --full)")
     max_steps: int = arg(10000, help="optimizer steps to train (the LR reaches its floor here)")
     epochs: int = arg(-1, help="stop after this many passes over the data (-1: only --max_steps)")
     warmup_steps: int = arg(10, help="linear LR warmup, in optimizer steps")
@@ -107,6 +108,11 @@ class Args:
     gradient_checkpointing: bool = arg(True, help="recompute each block in the backward pass (much less memory)")
     train_lyrics_embedder: bool = arg(False, help="also train the lyric embedding, Conformer and projection fully")
     init_lora: str = arg("", help="start from this LoRA (.safetensors or a checkpoint folder; any key style)")
+    full: bool = arg(False, help="full fine-tune: train the transformer's own weights instead of a LoRA (all of "
+                     "them, or those matching --trainable); checkpoints hold the trained tensors and the run ends "
+                     "with a complete transformer folder in <output_dir>/transformer")
+    trainable: list[str] = arg(default_factory=list, help="with --full: parameter or module name patterns to train "
+                               "(fnmatch, e.g. 'transformer_blocks.*.attn'); default: every weight")
     cache_lyrics: bool = arg(True, help="encode each song's lyrics once (when no trainable weight is in the lyric "
                              "encoder) instead of every step; the cached output has no Conformer dropout")
     device: str = arg("auto", help="auto, cpu, cuda, cuda:1 ... (under accelerate launch: set by the launcher)")
@@ -170,6 +176,14 @@ class Args:
             problems.append("--validation_split and --validation_dataset both given; choose one")
         if self.dora and (self.adapter != "lora" or self.int8 or self.init_lora):
             problems.append("--dora works with --adapter lora only, without --int8 and --init_lora")
+        if self.trainable and not self.full:
+            problems.append("--trainable selects weights for --full; add --full, or drop --trainable for a LoRA")
+        if self.full:
+            clashes = [f for f, on in (("--int8", self.int8), ("--init_lora", bool(self.init_lora)),
+                                       ("--adapter lokr", self.adapter != "lora"),
+                                       ("--train_lyrics_embedder", self.train_lyrics_embedder)) if on]
+            if clashes:
+                problems.append(f"--full trains the weights themselves; drop {', '.join(clashes)}")
         if self.validation_lyrics and not self.validation_prompt:
             problems.append("--validation_lyrics needs --validation_prompt")
         if problems:
@@ -270,7 +284,11 @@ def build_run(args: Args, echo=print):
         getattr(family, "quantize_int8", quantize_int8)(model)
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    if hasattr(family, "add_training_adapter"):  # LoRA / LoKr keyed by the family's module paths (ACE-Step 1.5)
+    if args.full:
+        from acetune.training.full import setup_full
+
+        setup = setup_full(model, args.trainable, master_dtype=lora_dtype)
+    elif hasattr(family, "add_training_adapter"):  # LoRA / LoKr keyed by the family's module paths (ACE-Step 1.5)
         setup = family.add_training_adapter(model, lora_config, kind=args.adapter, lora_dtype=lora_dtype)
     elif args.adapter != "lora":
         raise UsageError(f"--adapter {args.adapter} is not available for {family.name}", fix="use --adapter lora")
@@ -295,7 +313,7 @@ def build_run(args: Args, echo=print):
             args.validation_lyrics) == 1 else args.validation_lyrics or ""), duration=args.validation_duration,
             seed=args.validation_seed, every=args.validation_every)
     cache = None
-    if args.cache_lyrics and hasattr(model, "encode_lyrics") and not touches_lyric_encoder(model):
+    if args.cache_lyrics and hasattr(model, "encode_lyrics") and not touches_lyric_encoder(model) and not args.full:
         cache = LyricCache()
         cache.fill(model, (dataset[i] for i in range(len(dataset))), device, compute_dtype)
         if val_loss is not None:
@@ -344,6 +362,7 @@ def build_run(args: Args, echo=print):
         val_loss=val_loss,
     )
     run = TrainRun(model=model, family=family, setup=setup, dataset=dataset, optimizer=optimizer, scheduler=scheduler,
+                   checkpoint_dir=checkpoint_dir,
                    accelerator=accelerator, config=loop_config, metrics=metrics, lyric_cache=cache,
                    train_config=train_config, echo=echo if accelerator.is_main_process else (lambda _: None))
     return run, freed
@@ -358,6 +377,8 @@ def _recipe_line(recipe: dict) -> str:
 
 def header(run, freed: dict[str, int], args: Args) -> list[str]:
     """The opening block: what is trained on what, and the numbers that decide time and memory."""
+    from acetune.training.full import describe as describe_full
+
     trainable = sum(p.numel() for p in run.setup.params)
     resident = sum(p.numel() for p in run.model.parameters())
     cfg = run.config
@@ -367,6 +388,7 @@ def header(run, freed: dict[str, int], args: Args) -> list[str]:
         f"  family {run.family.name}, {len(run.dataset)} samples, SSL: {', '.join(run.dataset.ssl_names) or 'off'}",
         f"  steps {cfg.max_steps}, batch {cfg.batch_size} x {cfg.accumulate_grad_batches} accumulation x "
         f"{world} process(es), lr {args.learning_rate} ({args.optimizer}, warmup {args.warmup_steps})",
+        describe_full(run.setup, resident) if args.full else
         f"  {'LoKr' if args.adapter == 'lokr' else 'LoRA'} r {run.setup.config['r']}, "
         f"alpha {run.setup.config.get('lora_alpha', run.setup.config.get('alpha', 8))}, "
         f"{'rsLoRA, ' if run.setup.config.get('use_rslora') else ''}targets {', '.join(run.setup.config['target_modules'])}"
@@ -426,6 +448,12 @@ def run(args: Args) -> int:
               f"continue with: {resume_command(args)}", file=sys.stderr, flush=True)
     if not summary["replicas_in_sync"]:
         raise TrainingError("the processes ended with different LoRA weights", fix="report this with the command line")
+    if args.full and not summary["stopped"] and run_.accelerator.is_main_process:
+        from acetune.training.full import write_model_folder
+
+        folder = write_model_folder(run_.family, run_.checkpoint_dir, run_.setup.lora_state(run_.model),
+                                    Path(args.output_dir) / "transformer", dtype=PRECISIONS[args.precision][0])
+        echo(f"fine-tuned transformer: {folder} (from_pretrained folder; `acetune export --extract_lora` makes a LoRA of it)")
     return stopping.exit_code() if summary["stopped"] else 0
 
 

@@ -4,6 +4,7 @@ Layout of `<output_dir>/step-000100/` (zero-padded optimizer step, litgpt style)
 
     pytorch_lora_weights.safetensors  LoRA weights in the final (ComfyUI/peft) key layout,
                                       metadata {"format": "pt"}, un-baked fp32 as trained
+      or full_weights.safetensors     instead, a full fine-tune's trained tensors at their model names
     adapter_config.json               the peft LoraConfig as given by the caller
     train_config.json                 the resolved training config (flags + file)
     training_state.json               step, epoch, extra, optimizer/scheduler/RNG structure
@@ -48,6 +49,12 @@ TRAIN_CONFIG_FILE = "train_config.json"
 STATE_FILE = "training_state.json"
 STATE_TENSORS_FILE = "training_state.safetensors"
 CHECKPOINT_FILES = (LORA_WEIGHTS_FILE, ADAPTER_CONFIG_FILE, TRAIN_CONFIG_FILE, STATE_FILE, STATE_TENSORS_FILE)
+FULL_WEIGHTS_FILE = "full_weights.safetensors"  # takes the LoRA file's place for `train --full`
+
+
+def checkpoint_files(weights_file: str = LORA_WEIGHTS_FILE) -> tuple[str, ...]:
+    """The files of a complete step folder whose weights are in `weights_file`."""
+    return (weights_file, *CHECKPOINT_FILES[1:])
 
 FORMAT_VERSION = 1
 _STEP_DIGITS = 6
@@ -167,6 +174,7 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     param_names: list[str] | None = None,
     keep_last: int | None = None,
+    weights_file: str = LORA_WEIGHTS_FILE,
 ) -> Path:
     """Write `output_dir/step-NNNNNN/` atomically and return its path.
 
@@ -182,6 +190,7 @@ def save_checkpoint(
         param_names: names of the optimized parameters in optimizer order; checked on load so
             optimizer state is never applied to the wrong tensors.
         keep_last: prune to the newest `keep_last` checkpoints afterwards (None/<=0: keep all).
+        weights_file: where the weights go (`FULL_WEIGHTS_FILE` for a full fine-tune).
     """
     parent = Path(output_dir)
     parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +215,7 @@ def save_checkpoint(
     tmp = parent / f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     os.mkdir(tmp)
     try:
-        _write_safetensors(tmp / LORA_WEIGHTS_FILE, lora_cpu, dict(SAVED_METADATA))
+        _write_safetensors(tmp / weights_file, lora_cpu, dict(SAVED_METADATA))
         _write_json(tmp / ADAPTER_CONFIG_FILE, adapter_config)
         _write_json(tmp / TRAIN_CONFIG_FILE, config or {})
         _write_safetensors(tmp / STATE_TENSORS_FILE, tensors, None)
@@ -320,7 +329,8 @@ def load_checkpoint(
     made with another optimizer or another set of trainable parameters.
     """
     folder = Path(path)
-    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    weights_file = FULL_WEIGHTS_FILE if (folder / FULL_WEIGHTS_FILE).is_file() else LORA_WEIGHTS_FILE
+    missing = [name for name in checkpoint_files(weights_file) if not (folder / name).is_file()]
     if missing:
         raise CheckpointError(
             f"incomplete checkpoint, missing {', '.join(missing)}",
@@ -332,7 +342,7 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint format {state.get('format_version')} is not {FORMAT_VERSION}", path=folder)
     try:
         tensors = load_file(str(folder / STATE_TENSORS_FILE), device="cpu")
-        lora_state = load_file(str(folder / LORA_WEIGHTS_FILE), device="cpu")
+        lora_state = load_file(str(folder / weights_file), device="cpu")
     except Exception as err:  # safetensors raises its own error types for truncated files
         raise CheckpointError(f"unreadable tensors ({err})", path=folder, fix="resume from an older checkpoint") from err
 

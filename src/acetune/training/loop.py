@@ -87,6 +87,7 @@ class TrainRun:
     metrics: MetricsLogger = field(default_factory=MetricsLogger)
     lyric_cache: LyricCache | None = None
     train_config: dict = field(default_factory=dict)  # the resolved flags, written into every checkpoint
+    checkpoint_dir: Path | None = None  # the model folder (a Hub id already resolved to the cache)
     echo: Callable[[str], None] = print
 
 
@@ -118,6 +119,7 @@ def save_checkpoint(run: TrainRun, step: int, epoch: int, micro: int) -> Path:
         run.config.output_dir, step, lora_state=run.setup.lora_state(run.model), adapter_config=run.setup.config,
         optimizer=run.optimizer, scheduler=run.scheduler, config=run.train_config, epoch=epoch, extra=extra,
         param_names=run.setup.names, keep_last=run.config.save_last,
+        weights_file=getattr(run.setup, "weights_file", ckpt.LORA_WEIGHTS_FILE),
     )
 
 

@@ -24,12 +24,12 @@ from acetune.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adamw", "prodigy")
+OPTIMIZERS = ("adamw", "prodigy", "adafactor")
 
 # betas of the fork's (and upstream's) AdamW; Prodigy keeps its library default.
 ADAMW_BETAS = (0.8, 0.9)
 # LR multiplier reached at max_steps (fork `lr_multiplier_final`).
-FINAL_LR_FRACTION = {"adamw": 0.0, "prodigy": 0.1}
+FINAL_LR_FRACTION = {"adamw": 0.0, "prodigy": 0.1, "adafactor": 0.0}
 
 
 def build_optimizer(
@@ -81,6 +81,11 @@ def build_optimizer(
             safeguard_warmup=safeguard_warmup,
             **kw,
         )
+    if name == "adafactor":  # factored second moments, no first moment: for full fine-tunes (`train --full`)
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, weight_decay=weight_decay, scale_parameter=False, relative_step=False,
+                         warmup_init=False)
     raise UsageError(f"unknown optimizer {name!r}", fix=f"use --optimizer {' or '.join(OPTIMIZERS)}")
 
 

@@ -1,0 +1,181 @@
+"""Analytic peak memory of a FULL fine-tune (every transformer weight trained) at 360 s of audio.
+
+Nothing is computed: the models are built on the meta device and autograd's saved tensors are counted
+while the training forward runs with gradient checkpointing (one saved input per block), under bf16
+autocast (`benchmarks/train.py` `_saved_bytes`). Peak = weight/optimizer bytes per trainable
+parameter x parameters + the checkpointed forward's saved tensors + one block's recompute with 3x its
+largest saved tensor for gradients in flight.
+
+Optimizer schemes (bytes per trainable parameter):
+- adamw:        bf16 weights 2 + fp32 master 4 + fp32 grads 4 + fp32 AdamW moments 8 = 18
+- adamw8bit:    bf16 weights 2 + fp32 master 4 + bf16 grads 2 + 8-bit moments 2 = 10
+- adafactor:    bf16 weights 2 + bf16 grads 2 + factored second moment (~0), no master = 4
+- 8bit+offload: adamw8bit with the master copy and moments on the CPU: 2 + 2 = 4 on the GPU
+On N GPUs (FSDP full shard / ZeRO-3) the per-parameter bytes are divided by N, and each GPU also
+holds two gathered blocks in bf16 (the one computing and the one prefetched).
+
+    python benchmarks/full_finetune.py            # the table (about a minute, CPU only)
+
+ACE-Step 1.5 XL: the decoder width (2560), depth (32) and heads (32) are the release's; the MLP width is
+assumed 3 x 2560 as in the 2B model (then the decoder has 3.67B parameters).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+SECONDS = 360
+GPU_GB = 24.0
+SCHEMES = {"adamw": 18, "adamw8bit": 10, "adafactor": 4, "8bit+offload": 4}
+XL_15 = dict(hidden_size=2560, intermediate_size=3 * 2560, num_hidden_layers=32, num_attention_heads=32,
+             num_key_value_heads=8, encoder_hidden_size=2048)
+
+
+def _train_bench():
+    spec = importlib.util.spec_from_file_location("acetune_bench_train", HERE / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class _FusedAttention(torch.autograd.Function):
+    """What a GPU attention kernel (flash / memory-efficient) keeps for the backward: q, k, v, the output and
+    the row log-sum-exp. On the meta device SDPA takes the math path, which would save the T x T
+    probabilities that no GPU run stores (1.3 GB per 2B block at 360 s)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)
+        ctx.save_for_backward(q, k, v, out, torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # never called: nothing runs on meta
+        raise NotImplementedError
+
+
+def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        key = key.repeat_interleave(query.shape[-3] // key.shape[-3], dim=-3)
+        value = value.repeat_interleave(query.shape[-3] // value.shape[-3], dim=-3)
+    return _FusedAttention.apply(query, key, value)
+
+
+def _saved(bench, fn, exclude):
+    """`_saved_bytes` with SDPA counted as a fused GPU kernel."""
+    original = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = _fused_sdpa
+    try:
+        return bench._saved_bytes(fn, exclude)
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def _meta(*shape, dtype=torch.bfloat16):
+    return torch.zeros(*shape, device="meta", dtype=dtype)
+
+
+def activations_v1(bench) -> tuple[int, int, int, int]:
+    """(params, saved bytes of the checkpointed forward, one block's transient, largest block's bf16 bytes)."""
+    from acetune.models.v1.attention import cross_attention_mask, rope_tables
+    from acetune.models.v1.family import FAMILY
+    from acetune.models.v1.loading import build_transformer
+
+    model = build_transformer({})  # official config, meta
+    model.drop_unused_projections()
+    model.to(torch.bfloat16).requires_grad_(True).train()
+    model.enable_gradient_checkpointing()
+    cfg, w = model.config, model.inner_dim
+    frames = int(SECONDS * 44100 / 512 / 8)
+    ssl = [[_meta(SECONDS * hz, d)] for hz, d in zip(bench.SSL_HZ, cfg.ssl_latent_dims)]
+    batch = {"target_latents": _meta(1, 8, 16, frames), "attention_mask": _meta(1, frames),
+             "encoder_text_hidden_states": _meta(1, 20, 768), "text_attention_mask": _meta(1, 20),
+             "speaker_embeds": _meta(1, cfg.speaker_embedding_dim),
+             "lyric_token_idx": _meta(1, 200, dtype=torch.long), "lyric_mask": _meta(1, 200),
+             "ssl_hidden_states": ssl}  # no cached lyric states: the lyric encoder trains too
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    n = sum(p.numel() for p in model.parameters())
+    saved, _ = _saved(bench, lambda: FAMILY.training_loss(model, batch, noise=torch.zeros_like(
+        batch["target_latents"]), u=torch.zeros(1)), params)
+    x = _meta(1, frames, w).requires_grad_()
+    ctx, temb = _meta(1, 221, w), _meta(1, 6 * w)
+    rope = rope_tables(frames, cfg.attention_head_dim, cfg.rope_theta, torch.device("meta"))
+    rope_c = rope_tables(221, cfg.attention_head_dim, cfg.rope_theta, torch.device("meta"))
+    allowed = cross_attention_mask(torch.ones(1, frames, device="meta"), torch.ones(1, 221, device="meta"))
+    block = model.transformer_blocks[0]
+    one, largest = _saved(bench, lambda: block(x, None, ctx, allowed, temb, rope, rope_c), params)
+    block_bytes = sum(p.numel() for p in block.parameters()) * 2
+    return n, saved + bench._nbytes(batch), one + 3 * largest, block_bytes
+
+
+def activations_15(bench, config: dict) -> tuple[int, int, int, int]:
+    """The same four figures for a diffusers `AceStepTransformer1DModel` (25 Hz latents, 64 channels)."""
+    from diffusers import AceStepTransformer1DModel
+
+    def build(**extra):
+        with torch.device("meta"):
+            m = AceStepTransformer1DModel(**{**config, **extra})
+        return m.to(torch.bfloat16).requires_grad_(True).train()
+
+    frames, cond = SECONDS * 25, 1000  # condition: text + lyrics + timbre tokens
+    width = config.get("encoder_hidden_size") or config.get("hidden_size", 2048)
+    inputs = dict(hidden_states=_meta(1, frames, 64), timestep=_meta(1, dtype=torch.float32),
+                  timestep_r=_meta(1, dtype=torch.float32), encoder_hidden_states=_meta(1, cond, width),
+                  context_latents=_meta(1, frames, 128))
+
+    def loss(model):
+        out = model(**inputs, return_dict=False)[0]
+        return F.mse_loss(out.float(), torch.zeros_like(out, dtype=torch.float32))
+
+    model = build()
+    model.enable_gradient_checkpointing()
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    saved, _ = _saved(bench, lambda: loss(model), params)
+    single = build(num_hidden_layers=1)  # one block plus the small in/out layers, not checkpointed
+    one, largest = _saved(bench, lambda: loss(single), {p.untyped_storage()._cdata for p in single.parameters()})
+    block_bytes = sum(p.numel() for p in model.layers[0].parameters()) * 2
+    return sum(p.numel() for p in model.parameters()), saved + bench._nbytes(inputs), one + 3 * largest, block_bytes
+
+
+def table() -> list[tuple[str, str, float, float, int]]:
+    """[(model, scheme, GB on 1 GPU, GB per GPU on 8, parameters)]."""
+    bench = _train_bench()
+    models = {"v1 official": activations_v1(bench), "1.5 2B decoder": activations_15(bench, {}),
+              "1.5 XL decoder": activations_15(bench, XL_15)}
+    rows = []
+    for name, (n, saved, transient, block) in models.items():
+        act = (saved + transient) / 1e9
+        for scheme, per_param in SCHEMES.items():
+            one_gpu = n * per_param / 1e9 + act
+            eight = n * per_param / 8 / 1e9 + act + 2 * block / 1e9
+            rows.append((name, scheme, one_gpu, eight, n))
+    return rows
+
+
+def rows(quick: bool = False) -> list[tuple[str, str, float, str]]:
+    """For benchmarks/run.py: one row per model and scheme (1 GPU and per GPU of 8)."""
+    out = []
+    for name, scheme, one, eight, _ in table():
+        out.append(("full fine-tune peak", f"{name}, {scheme}, 360 s, 1 GPU", one, "GB"))
+        out.append(("full fine-tune peak", f"{name}, {scheme}, 360 s, per GPU of 8 (FSDP)", eight, "GB"))
+    return out
+
+
+def main() -> int:
+    print(f"full fine-tune, analytic peak at {SECONDS} s, bf16 autocast, gradient checkpointing")
+    print(f"| model | parameters | optimizer state scheme | 1 GPU (GB) | fits {GPU_GB:.0f} GB | per GPU of 8, FSDP (GB) |")
+    print("|---|---|---|---|---|---|")
+    for name, scheme, one, eight, n in table():
+        print(f"| {name} | {n / 1e9:.2f}B | {scheme} | {one:.1f} | {'yes' if one <= GPU_GB else 'no'} | {eight:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
