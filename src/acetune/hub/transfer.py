@@ -150,7 +150,8 @@ def _stream(location: str, headers: dict, partial: Path, bar) -> int:
     start = partial.stat().st_size if partial.is_file() else 0
     req = dict(headers, Range=f"bytes={start}-") if start else headers
     written = 0
-    with http_stream_backoff("GET", location, headers=req, follow_redirects=True,
+    # retry_on_exceptions=(): a dropped connection is retried by the caller, from the bytes on disk
+    with http_stream_backoff("GET", location, headers=req, follow_redirects=True, retry_on_exceptions=(),
                              retry_on_status_codes=(429, 500, 502, 503, 504)) as response:
         hf_raise_for_status(response)
         if start and response.status_code != 206:  # the server ignored the Range: start over
