@@ -216,3 +216,12 @@ def test_remote_code_runs_only_from_a_pinned_commit(hub_env, local_hub):
     assert pinned.commit == commit and pinned.revision == commit
     # without the flag resolving is fine: the loader itself refuses to run the code (naming the flag)
     assert hub.resolve_model("acetune-test/remote-code", flag="--mert_dir").commit == commit
+
+
+def test_resume_accepts_a_change_of_hub_flags_only():
+    """--offline on resume, or `--revision main` for the same commit, is not a hyper-parameter change."""
+    from acetune.training.run_folder import changes
+
+    saved = {"offline": False, "revision": "", "checkpoint_source": {"commit": "a" * 40}, "learning_rate": 1e-4}
+    assert changes(saved, {**saved, "offline": True, "revision": "main", "checkpoint_source": {"commit": "b" * 40}}) == []
+    assert changes(saved, {**saved, "learning_rate": 2e-4}) == ["--learning_rate 0.0001 -> 0.0002"]

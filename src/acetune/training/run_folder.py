@@ -23,6 +23,7 @@ NOT_HYPER_PARAMETERS = frozenset({
     "num_workers", "device", "gradient_checkpointing", "every_n_train_steps", "save_last", "resume", "resume_from",
     "logger", "logger_dir", "overfit_check", "init_lora", "allow_changes", "overwrite", "every_plot_step",
     "val_check_interval", "devices", "num_nodes", "reload_dataloaders_every_n_epochs",
+    "revision", "offline", "checkpoint_source",  # where the checkpoint came from, like checkpoint_dir (docs/hub.md)
 })
 _VALIDATION_PREFIXES = ("validation_", "val_", "eval", "clap")
 # What acetune writes into a run folder; --overwrite deletes these and leaves anything else alone.
