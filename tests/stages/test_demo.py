@@ -97,7 +97,7 @@ def test_validation_loss_best_checkpoint_and_evaluation(demo_run):
     run_dir = w / "runs" / "demo"
     best = read_best(run_dir)
     val = {r["step"]: r["val/loss"] for r in read_metrics(run_dir) if "val/loss" in r}
-    assert sorted(val) == [0, STEPS // 2, STEPS]
+    assert sorted(val) == [0, STEPS]
     assert best["step"] in val and best["val_loss"] == val[best["step"]] == min(val.values())
     assert best["val_loss"] < best["step0_val_loss"] == val[0]
     assert (run_dir / f"step-{best['step']:06d}" / "training_state.json").is_file()  # kept through rotation
@@ -106,8 +106,9 @@ def test_validation_loss_best_checkpoint_and_evaluation(demo_run):
     report = (run_dir / "evaluation" / "report.md").read_text()
     tail = out[out.rindex("=== acetune demo: done ==="):]
     assert report.strip() in tail and tail.rstrip().endswith(".png")  # ends with the table and the plots
-    assert f"**Recommended: step-{best['step']:06d}**" in report and "## Strength sweep" in report
-    for name in ("loss.png", "scores.png", "strengths.png"):
+    assert f"**Recommended: step-{best['step']:06d}**" in report
+    assert not (run_dir / "evaluation" / "renders").exists()  # the training's validation renders were scored
+    for name in ("loss.png", "scores.png"):
         assert (run_dir / "evaluation" / "plots" / name).stat().st_size > 1000
     assert (run_dir / "plots" / "loss.png").is_file()  # written at the end of training
     scores = {r["step"]: r for r in read_metrics(run_dir) if "val/style_cos" in r}
@@ -116,7 +117,8 @@ def test_validation_loss_best_checkpoint_and_evaluation(demo_run):
 
 
 def test_evaluate_lora_files_renders_fresh(demo_run, tmp_path, capsys):
-    """`--lora FILE` mode: fresh renders with and without the file, scored against a folder of songs."""
+    """`--lora FILE` mode: fresh renders with and without the file, scored against a folder of songs, and a
+    strength sweep."""
     from acetune.cli import run_command
 
     w, _, _ = demo_run
@@ -124,12 +126,17 @@ def test_evaluate_lora_files_renders_fresh(demo_run, tmp_path, capsys):
     argv = ["--lora", str(w / "demo_style_comfyui.safetensors"), "--checkpoint_dir", str(w / demo.CHECKPOINT),
             "--prompt", "lofi piano", "--duration", "1.5", "--steps", "2", "--reference_audio", str(w / "songs"),
             "--clap_model", str(w / "clap-tiny"), "--device", "cpu", "--output_dir", str(out)]
-    assert run_command("evaluate", argv) == 0, capsys.readouterr().err
-    assert sorted(p.name for p in (out / "renders").iterdir()) == ["base", "demo_style_comfyui"]
+    assert run_command("evaluate", [*argv, "--strengths", "0.5"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (out / "renders").iterdir()) == ["base", "demo_style_comfyui",
+                                                                   "demo_style_comfyui@0.5"]
+    report = (out / "report.md").read_text()
+    assert "## Strength sweep" in report and "| no LoRA (fresh) |  | 0 |" in report
+    assert (out / "plots" / "strengths.png").is_file()
+    assert json.loads((out / "scores.json").read_text())["sweep"][0]["strength"] == 0.5
     assert sf.info(str(out / "renders" / "base" / "0.wav")).samplerate == 48000
     scores = json.loads((out / "scores.json").read_text())
     assert scores["recommended"] == "demo_style_comfyui" and scores["checkpoints"][0]["step"] is None
-    assert "| demo_style_comfyui |" in (out / "report.md").read_text()
+    assert "| demo_style_comfyui |" in report
     mtime = (out / "renders" / "base" / "0.wav").stat().st_mtime_ns
     assert run_command("evaluate", argv) == 0  # a rerun reuses the cached renders
     assert (out / "renders" / "base" / "0.wav").stat().st_mtime_ns == mtime

@@ -285,7 +285,7 @@ def run(args: Args) -> int:
                         "--save_last", "1", "--text_dropout", "0", "--lyrics_dropout", "0", "--speaker_dropout", "0",
                         "--validation_prompt", sung.prompt, "--validation_lyrics", sung.lyrics,
                         "--validation_duration", str(args.sizes["render"]),
-                        "--validation_every", str(max(1, args.steps // 2)), "--validation_split", "0.25"])
+                        "--validation_every", str(args.steps), "--validation_split", "0.25"])
     _require(r, "train")
     step_dir = run_dir / f"step-{args.steps:06d}"
     r.outputs.update(checkpoint=str(step_dir), validation=str(run_dir / "validation"), logs=str(run_dir / "logs"))
@@ -318,9 +318,8 @@ def run(args: Args) -> int:
     # did it learn? held-out validation loss + CLAP scores on a tiny random CLAP (a real run: laion/clap-htsat-unfused)
     clap = save_tiny_clap(w / "clap-tiny", seed=args.seed)
     evaluation = run_dir / "evaluation"
-    r = stage("evaluate", ["--run", str(run_dir), "--clap_model", str(clap), "--strengths", "0.5,1.0",
-                           "--steps", str(args.sizes["generate_steps"]), "--device", args.device,
-                           "--output_dir", str(evaluation)])
+    r = stage("evaluate", ["--run", str(run_dir), "--clap_model", str(clap), "--device", args.device,
+                           "--output_dir", str(evaluation)])  # scores the validation renders: nothing to render
     r.outputs.update(report=str(evaluation / "report.md"), plots=str(evaluation / "plots"))
     _require(r, "evaluate")
 
