@@ -10,7 +10,7 @@ import pytest
 from acetune.cli import parse_args
 from acetune.errors import UsageError
 from acetune.stages import train
-from acetune.training.recipes import RECIPES, V1, apply_recipe
+from acetune.training.recipes import RECIPES, V1, V15, apply_recipe
 
 REQUIRED = ["--dataset_path", "d", "--checkpoint_dir", "c"]
 TRAINING_MATH = ("precision", "text_dropout", "speaker_dropout", "lyrics_dropout", "prompt_draw", "cache_lyrics",
@@ -43,6 +43,15 @@ def test_upstream_recipe():
         "learning_rate": 1e-4, "weight_decay": 1e-2, "warmup_steps": 10, "shift": 3.0, "ssl_coeff": 1.0}
 
 
+def test_upstream_recipe_for_acestep15_is_training_v2():
+    args = resolved(["--recipe", "upstream"], family=V15)
+    assert (args.timestep_sampling, args.cfg_dropout) == ("logit_normal", 0.15)
+    mine = resolved(["--recipe", "upstream", "--cfg_dropout", "0"], family=V15)
+    assert (mine.timestep_sampling, mine.cfg_dropout) == ("logit_normal", 0.0)  # a given flag wins
+    with pytest.raises(UsageError, match="not for acestep15"):
+        resolved(["--recipe", "fork"], family=V15)
+
+
 def test_acetune_recipe_is_the_defaults():
     assert dataclasses.asdict(resolved(["--recipe", "acetune"])) == dataclasses.asdict(resolved([]))
     assert values(resolved([])) == {
@@ -66,8 +75,9 @@ def test_config_file_values_win(tmp_path):
 
 def test_every_recipe_names_real_flags_and_v1_name_matches_the_family():
     from acetune.models.v1.family import V1Family
+    from acetune.models.v15.schema import FAMILY_NAME
 
-    assert V1Family.name == V1
+    assert (V1Family.name, FAMILY_NAME) == (V1, V15)
     fields = {f.name for f in dataclasses.fields(train.Args)}
     for rows in RECIPES.values():
         for row in rows.values():

@@ -12,6 +12,7 @@ docs/train.md ("Recipes").
   train mode, Conformer dropout 0.1); gradient clipping at norm 1.0.
 - `upstream`: as ace-step/ACE-Step `trainer.py` trains: fp32 everything (`--precision 32`), condition
   dropout 0.15 / 0.5 / 0.15, a prompt drawn per step, lyric encoder every step, clipping at 0.5.
+  For ACE-Step 1.5: the official corrected trainer (training_v2), logit-normal t and CFG dropout 0.15.
 
 Rows are keyed by family name (`Family.name`); `ANY_FAMILY` holds values that suit every family.
 A recipe with no row for the checkpoint's family is refused.
@@ -25,6 +26,7 @@ from acetune.errors import UsageError
 
 ANY_FAMILY = "*"
 V1 = "ace-step-v1"  # `models.v1.family.V1Family.name` (a test checks the two agree)
+V15 = "acestep15"  # `models.v15.schema.FAMILY_NAME` (the same test checks it)
 
 # Flags every recipe states, so a recipe stays what it says when a default changes.
 _OPTIMISATION = {"optimizer": "adamw", "learning_rate": 1e-4, "weight_decay": 1e-2, "warmup_steps": 10,
@@ -46,6 +48,9 @@ RECIPES: dict[str, dict[str, dict[str, object]]] = {
         V1: {**_OPTIMISATION, "precision": "32", "gradient_clip_val": 0.5,
              "text_dropout": 0.15, "speaker_dropout": 0.5, "lyrics_dropout": 0.15,
              "prompt_draw": "per_step", "cache_lyrics": False},
+        # the official corrected trainer (acestep/training_v2) on any checkpoint variant, turbo included:
+        # logit-normal t and 15% CFG dropout (docs/acestep15.md, tests/models/v15/test_step_parity.py)
+        V15: {"timestep_sampling": "logit_normal", "cfg_dropout": 0.15},
     },
 }
 
