@@ -98,10 +98,13 @@ def write_part(out: Path, tag: str, rows: list[dict], ssl_names: tuple[str, ...]
     tmp = root / f".tmp-{tag}-{os.getpid()}-{n:05d}"
     shutil.rmtree(tmp, ignore_errors=True)
     ds = Dataset.from_list(rows, features=schema.features(ssl_names))
-    ds.save_to_disk(str(tmp))
-    del ds
     final = root / f"part-{tag}-{n:05d}"
-    os.replace(tmp, final)
+    try:  # disk full / Ctrl-C mid-write: no half part stays behind
+        ds.save_to_disk(str(tmp))
+        del ds
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

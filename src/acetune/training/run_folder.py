@@ -32,6 +32,9 @@ RUN_FILES = ("logs", "validation", "metrics.jsonl")
 def claim(output_dir: Path, *, resuming: bool, overwrite: bool, logs_inside: bool, delete: bool = True) -> list[Path]:
     """Check (or, with overwrite, clear) `output_dir` for a new run; returns the deleted paths.
     `delete=False` (DDP ranks other than 0) only checks."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError("--output_dir is an existing file, not a folder", path=output_dir,
+                         fix="pass a folder name (new, or the run's own folder)")
     found = ckpt.list_checkpoints(output_dir)
     if resuming:
         if overwrite:
