@@ -223,11 +223,12 @@ def run(args: Args) -> int:
         return run_merge(args)
     import datasets
 
-    from acetune.models.family import get_family
+    from acetune.models.family import check_family, get_family
 
     datasets.disable_progress_bars()  # ours is enough
     report = Report("preprocess")
     family = get_family(args.family)
+    check_family(args.checkpoint_dir, family)
     family.check_checkpoint(args.checkpoint_dir)  # names the first missing file, before any work
     device, dtype = resolve_device(args)
     songs = shard(read_songs(args.input_name, report), args.num_shards, args.shard_index)

@@ -61,6 +61,8 @@ class Args:
                        "reads r, alpha (or lora_alpha), target_modules and LoKr fields from --lora_config_path")
     output_dir: str = arg("", help="where step-NNNNNN/ checkpoints and logs go (default: checkpoints/<exp_name>)")
     exp_name: str = arg("acetune_lora", help="run name (wandb run, default output folder)")
+    model_family: str = arg("", help="model family (ace-step-v1, acestep15); optional: read from --checkpoint_dir, "
+                            "and checked against it when given", aliases=("--family",))
     # optimisation
     learning_rate: float = arg(1e-4, help="peak learning rate (Prodigy: a multiplier, usually 1.0)")
     weight_decay: float = arg(1e-2, help="decoupled weight decay")
@@ -222,7 +224,7 @@ def build_run(args: Args, echo=print):
     from accelerate import Accelerator
 
     from acetune.dataset.schema import load_dataset
-    from acetune.models.family import detect_family
+    from acetune.models.family import check_family, detect_family, get_family
     from acetune.training import checkpoint as ckpt
     from acetune.training import run_folder
     from acetune.training.data import ConditionDropout, LyricCache, SongDataset
@@ -233,6 +235,8 @@ def build_run(args: Args, echo=print):
     from acetune.training.resume import seed_everything
 
     checkpoint_dir = Path(args.checkpoint_dir)
+    if args.model_family:
+        check_family(checkpoint_dir, get_family(args.model_family))
     family = detect_family(checkpoint_dir)
     hf_dataset, meta = load_dataset(args.dataset_path)
     check_dataset(meta, family, checkpoint_dir, args.dataset_path)
