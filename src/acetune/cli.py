@@ -19,7 +19,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from acetune.errors import AcetuneError, UsageError
+from acetune.errors import AcetuneError, UsageError, from_os_error
 from acetune.progress import silence_library_bars
 
 # name -> (module, one-line summary). Modules are imported only when their command runs.
@@ -118,7 +118,11 @@ def _load_config_file(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise UsageError("config file not found", path=p, fix="pass an existing .json or .yaml file to --config")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"config file is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})",
+                         path=p, fix="save it as UTF-8 (any editor's \"Save as ... UTF-8\")") from None
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -132,6 +136,48 @@ def _load_config_file(path: str) -> dict:
     if not isinstance(data, dict):
         raise UsageError("config file must hold a mapping of flag names to values", path=p)
     return data
+
+
+def _config_value_ok(tp, value) -> bool:
+    tp = _unwrap_optional(tp)
+    if value is None:
+        return True  # the field's own checks decide whether None is allowed
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp in (str, Path):
+        return isinstance(value, str)
+    if typing.get_origin(tp) in (list, tuple):
+        inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
+        return isinstance(value, list) and all(_config_value_ok(inner, v) for v in value)
+    return True
+
+
+def _check_config_types(args_cls, data: dict, path: str) -> None:
+    """A config value of the wrong type (`"max_steps": [1, 2]`) is one line naming the key, not a traceback."""
+    hints = typing.get_type_hints(args_cls)
+    for f in dataclasses.fields(args_cls):
+        if f.name not in data or not f.init:
+            continue
+        tp, value = _unwrap_optional(hints[f.name]), data[f.name]
+        if tp in (int, float) and isinstance(value, str):  # YAML reads 1e-4 as text; the command line would parse it
+            try:
+                data[f.name] = value = tp(value)
+            except ValueError:
+                pass
+        choices = f.metadata.get("choices")
+        if choices is not None and value is not None and value not in choices:
+            raise UsageError(f"config value {f.name!r} is {value!r}, not one of {', '.join(map(str, choices))}",
+                             path=path, fix="fix it in the file")
+        if not _config_value_ok(hints[f.name], value):
+            tp = _unwrap_optional(hints[f.name])
+            wanted = getattr(tp, "__name__", str(tp)).replace("str", "text").replace("Path", "a path")
+            raise UsageError(f"config value {f.name!r} must be {'a list' if typing.get_origin(tp) else wanted}, "
+                             f"not {type(data[f.name]).__name__} {json.dumps(data[f.name])[:40]}", path=path,
+                             fix=f"fix it in the file (`--{f.name}` on the command line overrides it)")
 
 
 def build_parser(args_cls, prog: str, description: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
@@ -162,6 +208,7 @@ def parse_args(args_cls, argv: Sequence[str], prog: str, description: str | None
         if unknown:
             raise UsageError(f"unknown keys in config file: {', '.join(unknown)}", path=config_path,
                              fix=f"run `{prog} --help` for the valid names")
+        _check_config_types(args_cls, data, config_path)
         parser.set_defaults(**data)
         for action in parser._actions:  # a value from the file satisfies a required flag
             if action.dest in data:
@@ -208,6 +255,12 @@ def run_command(name: str, argv: Sequence[str] | None = None, prog: str | None =
         if os.environ.get("ACETUNE_DEBUG"):
             raise
         print(f"Error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a file-system failure (disk full, read-only, ...) is one line too
+        mapped = from_os_error(e)
+        if mapped is None or os.environ.get("ACETUNE_DEBUG"):
+            raise
+        print(f"Error: {mapped}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("Interrupted: finished work was kept; rerun the same command to continue.", file=sys.stderr)

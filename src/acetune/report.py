@@ -107,9 +107,13 @@ class Report:
     def save(self, path: str | os.PathLike) -> None:
         """Write the report as JSON (temp name, then rename)."""
         tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(self.to_json())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def _fmt(v: float) -> str:

@@ -39,7 +39,11 @@ MAJOR_PROFILE = (0.748, 0.060, 0.488, 0.082, 0.670, 0.460, 0.096, 0.715, 0.104, 
 MINOR_PROFILE = (0.712, 0.084, 0.474, 0.618, 0.049, 0.460, 0.105, 0.747, 0.404, 0.067, 0.133, 0.330)
 CQT_BINS_PER_OCTAVE = 36  # three bins per semitone absorb slightly detuned masters
 CQT_OCTAVES = 7  # C1 (32.7 Hz) to B7 (3951 Hz)
+SCALE_FROM_OCTAVE = 2  # the scale chroma uses C3 and up; below is the bass, which votes for the tonic
+TONIC_WEIGHT = 0.4  # weight of the bass's tonic evidence against the profile correlation (benchmarks/bpm_key_accuracy.py)
 BPM_RANGE = (30.0, 300.0)  # what ACE-Step 1.5 accepts for `bpm`
+LIKELY_BPM = (70.0, 180.0)  # where most songs' beats are felt: the prior `likely_octave` applies
+HALF_TIME_ACCENT = 1.5  # every-other-beat onset ratio above which the slower level is the beat
 MIN_LOUDNESS_SECONDS = 0.4  # one BS.1770 gating block
 
 
@@ -112,7 +116,33 @@ def estimate_bpm(wav, sample_rate: int) -> float | None:
             # The fit can only move the tracker's estimate within its quantisation step.
             if abs(refined - tempo) < 0.15 * tempo:
                 tempo = refined
-    return float(np.clip(tempo, *BPM_RANGE))
+    return float(np.clip(likely_octave(tempo, onset, beats), *BPM_RANGE))
+
+
+def beat_accent_ratio(onset: np.ndarray, beats: np.ndarray) -> float:
+    """How much stronger every other beat is than the ones between (>= 1): the onset peak near each beat
+    frame, averaged over the two alternating phases, larger over smaller."""
+    peaks = np.array([onset[max(0, b - 2): b + 3].max() for b in beats])
+    a, b = peaks[0::2].mean(), peaks[1::2].mean()
+    return float(max(a, b) / max(min(a, b), 1e-9))
+
+
+def likely_octave(tempo: float, onset: np.ndarray, beats: np.ndarray) -> float:
+    """Pick the musically likely metrical level among tempo, tempo/2 and 2*tempo.
+
+    A beat tracker locks onto the fastest regular pulse it trusts, often the eighth notes of a slow
+    groove (hats on every eighth, kick and snare on the beats). Prior: songs sit in LIKELY_BPM; outside
+    it the octave that lands inside wins. Inside it, the slower level wins when its beats carry clearly
+    more onset strength than the pulses between them (accent ratio >= HALF_TIME_ACCENT).
+    """
+    low, high = LIKELY_BPM
+    if tempo > high and tempo / 2 >= low:
+        return tempo / 2
+    if tempo < low and tempo * 2 <= high:
+        return tempo * 2
+    if tempo / 2 >= low and len(beats) >= 4 and beat_accent_ratio(onset, beats) >= HALF_TIME_ACCENT:
+        return tempo / 2
+    return tempo
 
 
 def key_profiles() -> np.ndarray:
@@ -148,14 +178,27 @@ def estimate_key(wav, sample_rate: int) -> tuple[str | None, float]:
                              n_bins=CQT_OCTAVES * CQT_BINS_PER_OCTAVE, bins_per_octave=CQT_BINS_PER_OCTAVE))
     # Keep the harmonic part: margin 4 leaves drum hits out (2 -> 79%, 4 -> 81-83% on the benchmark).
     harmonic, _ = librosa.decompose.hpss(cqt, kernel_size=(17, 9), margin=4.0)
-    chroma = librosa.feature.chroma_cqt(C=harmonic, sr=sr, bins_per_octave=CQT_BINS_PER_OCTAVE, n_chroma=12,
-                                        norm=None)  # no per-frame norm: loud passages count more
-    profile = chroma.sum(axis=1).astype(np.float64)  # (12,)
+
+    def chroma(part: np.ndarray) -> np.ndarray:  # (12, frames), no per-frame norm: loud passages count more
+        return librosa.feature.chroma_cqt(C=part, sr=sr, bins_per_octave=CQT_BINS_PER_OCTAVE, n_chroma=12, norm=None)
+
+    split = SCALE_FROM_OCTAVE * CQT_BINS_PER_OCTAVE
+    treble, bass = harmonic.copy(), harmonic.copy()
+    treble[:split], bass[split:] = 0.0, 0.0
+    # Scale: the chords above the bass, log-compressed so a few loud roots do not outvote the thirds.
+    scale = chroma(treble)
+    profile = np.log1p(100.0 * scale / (scale.max() + 1e-12)).sum(axis=1).astype(np.float64)  # (12,)
     if profile.std() == 0:
         return None, 0.0
     z = (profile - profile.mean()) / profile.std()
     scores = key_profiles() @ z / 12.0  # Pearson correlation with each of the 24 keys
-    best = int(np.argmax(scores))
+    # Tonic: the bass's pitch classes over the song and over its opening (songs tend to start on the tonic).
+    # A relative or subdominant key shares the scale; the bass tells them apart.
+    low = chroma(bass)
+    whole = low.sum(axis=1)
+    opening = low[:, : max(1, low.shape[1] // 8)].sum(axis=1)
+    tonic = whole / (whole.sum() + 1e-12) + opening / (opening.sum() + 1e-12)
+    best = int(np.argmax(scores + TONIC_WEIGHT * np.tile(tonic, 2)))
     return key_name(best), float(scores[best])
 
 

@@ -221,6 +221,11 @@ def parse_key(key: str, modules: Iterable[str] | None = None) -> tuple[str, str]
     return stem, kind
 
 
+# ACE-Step 1.5's decoder layers (`layers.N.self_attn.q_proj`, diffusers `transformer.layers.N...`) and LoKr
+# factors: names no v1 module has.
+_V15_KEY = re.compile(r"(^|\.)layers\.\d+\.(self_attn|cross_attn|mlp)\.|\.lokr_w[12]")
+
+
 def split_modules(state_dict: Mapping[str, torch.Tensor], path=None,
                   modules: Iterable[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Group a LoRA state dict (any accepted key form) into `{module: {"lora_A", "lora_B"[, "alpha"]}}`.
@@ -241,6 +246,9 @@ def split_modules(state_dict: Mapping[str, torch.Tensor], path=None,
             raise InputError(f"LoRA module {module!r} appears twice (key {key!r})", path=path,
                              fix="keep one copy of each module's tensors")
         grouped[module][kind] = tensor
+    if unknown and any(_V15_KEY.search(k) for k in unknown):
+        raise InputError(f"this is an ACE-Step 1.5 adapter (keys like {sorted(unknown)[0]!r}), not one for ACE-Step v1",
+                         path=path, fix="use it with an ACE-Step 1.5 checkpoint (--checkpoint_dir of a 1.5 model)")
     if unknown:
         raise InputError(f"{len(unknown)} of {len(state_dict)} keys are not LoRA keys we can map "
                          f"(first: {sorted(unknown)[0]!r})", path=path,

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from acetune.errors import CheckpointError
+from acetune.errors import CheckpointError, UsageError
 
 # name -> module defining `FAMILY` (imported lazily: a family may pull in heavy dependencies)
 _FAMILY_MODULES: dict[str, str] = {
@@ -122,3 +122,15 @@ def detect_family(checkpoint_dir: str | Path) -> ModelFamily:
     raise CheckpointError("not a checkpoint of any supported model family", path=checkpoint_dir,
                           fix=f"supported: {', '.join(family_names())}; pass the folder that holds "
                               "ace_step_transformer/, music_dcae_f8c8/, music_vocoder/ and umt5-base/")
+
+
+def check_family(checkpoint_dir: str | Path, wanted: ModelFamily, flag: str = "--model_family") -> None:
+    """UsageError when `checkpoint_dir` is a complete-enough checkpoint of another family than `wanted`
+    (an ACE-Step 1.5 folder given to a v1 stage must not read as "download the complete v1")."""
+    try:
+        found = detect_family(checkpoint_dir)
+    except CheckpointError:
+        return  # not recognisable at all: the family's own check names what is missing
+    if found.name != wanted.name:
+        raise UsageError(f"this is an {found.name} checkpoint, not {wanted.name}", path=checkpoint_dir,
+                         fix=f"add {flag} {found.name} (or pass an {wanted.name} checkpoint folder)")

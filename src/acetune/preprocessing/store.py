@@ -98,10 +98,13 @@ def write_part(out: Path, tag: str, rows: list[dict], ssl_names: tuple[str, ...]
     tmp = root / f".tmp-{tag}-{os.getpid()}-{n:05d}"
     shutil.rmtree(tmp, ignore_errors=True)
     ds = Dataset.from_list(rows, features=schema.features(ssl_names))
-    ds.save_to_disk(str(tmp))
-    del ds
     final = root / f"part-{tag}-{n:05d}"
-    os.replace(tmp, final)
+    try:  # disk full / Ctrl-C mid-write: no half part stays behind
+        ds.save_to_disk(str(tmp))
+        del ds
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -140,14 +143,16 @@ def comparable(meta: schema.DatasetMeta) -> dict:
             "checkpoint": {k: v for k, v in meta.checkpoint.items() if k != "name"}}  # a renamed folder may resume
 
 
-def check_compatible(old: schema.DatasetMeta, new: schema.DatasetMeta, where: Path, fix: str) -> None:
-    """UsageError naming the differing settings, if rows made under `old` and `new` cannot mix."""
+def check_compatible(old: schema.DatasetMeta, new: schema.DatasetMeta, where: Path, fix: str,
+                     labels: tuple[str, str] = ("there", "now")) -> None:
+    """UsageError naming the differing settings, if rows made under `old` and `new` cannot mix.
+    `labels` say where the old and the new value come from."""
     a, b = comparable(old), comparable(new)
     if not old.checkpoint or not new.checkpoint:  # made before outputs recorded the checkpoint: the hash decides
         a.pop("checkpoint"), b.pop("checkpoint")
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
-        shown = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in diff[:4])
+        shown = "; ".join(f"{k}: {a.get(k)!r} {labels[0]}, {b.get(k)!r} {labels[1]}" for k in diff[:4])
         raise UsageError(f"made with other settings ({shown})", path=where, fix=fix)
 
 
@@ -159,14 +164,14 @@ def merge_outputs(sources: list[Path], out: Path) -> tuple[int, int]:
     """
     out = Path(out)
     metas = [schema.DatasetMeta.load(s) for s in sources]
-    if (out / schema.META_FILE).is_file():
-        base = schema.DatasetMeta.load(out)
-    else:
-        base = metas[0]
+    existing = (out / schema.META_FILE).is_file()
+    base, base_name = (schema.DatasetMeta.load(out), out) if existing else (metas[0], Path(sources[0]))
+    for src, meta in zip(sources, metas):  # all checked before anything is written: a refusal changes nothing
+        check_compatible(meta, base, src, fix="merge only outputs made with the same checkpoint and settings",
+                         labels=(f"in {src}", f"in {base_name}"))
+    if not existing:
         out.mkdir(parents=True, exist_ok=True)
         base.save(out)
-    for src, meta in zip(sources, metas):
-        check_compatible(base, meta, src, fix="merge only outputs made with the same checkpoint and settings")
     recover(out, None)
     have = set(index_rows(out))
     root = parts_root(out)

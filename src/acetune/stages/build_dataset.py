@@ -305,17 +305,22 @@ def save_dataset(records: list[SongRecord], repeat_count: int, out: Path) -> int
     if progress_disabled():
         datasets.disable_progress_bars()
     ds = to_dataset(records * repeat_count)
+    if out.exists() and not out.is_dir():
+        raise UsageError("--output_name is an existing file, not a folder", path=out,
+                         fix="pass a new folder name or delete the file")
+    if out.exists() and not (out / "dataset_info.json").is_file() and any(out.iterdir()):
+        raise UsageError("output folder exists and is not a dataset", path=out,
+                         fix="pass a new --output_name or delete the folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp))
-    if out.exists():
-        if not (out / "dataset_info.json").is_file() and any(out.iterdir()):
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise UsageError("output folder exists and is not a dataset", path=out,
-                             fix="pass a new --output_name or delete the folder")
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    try:  # the temp folder goes on every exit path (disk full, read-only, Ctrl-C)
+        ds.save_to_disk(str(tmp))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return len(ds)
 
 

@@ -117,9 +117,12 @@ def read_meta(path: Path) -> dict:
 def write_text(path: Path, text: str) -> None:
     """Write UTF-8 with \\n line ends and no trailing newline, via a temp name and rename."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def merge_meta(path: Path, updates: dict) -> None:

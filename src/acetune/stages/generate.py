@@ -42,8 +42,10 @@ def parse_lora(spec: str) -> tuple[Path, float]:
     if sep and head:
         try:
             return Path(head), float(tail)
-        except ValueError:
-            pass  # a drive letter or a colon inside the path
+        except ValueError:  # a drive letter or a colon inside the path, unless PATH exists: a bad strength
+            if Path(head).exists() and not Path(spec).exists():
+                raise UsageError(f"--lora {spec}: the strength {tail!r} is not a number",
+                                 fix=f"write it as {head}:0.8 (or leave out :STRENGTH for 1.0)") from None
     return Path(spec), 1.0
 
 

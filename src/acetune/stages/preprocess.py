@@ -238,12 +238,13 @@ def run(args: Args) -> int:
         return run_merge(args)
     import datasets
 
-    from acetune.models.family import get_family
+    from acetune.models.family import check_family, get_family
 
     datasets.disable_progress_bars()  # ours is enough
     report = Report("preprocess")
     family = get_family(args.family)
     sources = hub.resolve_args(args, checkpoint_dir="preprocess", mert_dir="all", mhubert_dir="all")
+    check_family(args.checkpoint_dir, family)
     # names the first missing file, before any work (only the parts preprocess reads)
     family.check_checkpoint(args.checkpoint_dir, components=hub.stage_components(family.name, "preprocess"))
     device, dtype = resolve_device(args)

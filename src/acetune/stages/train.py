@@ -72,6 +72,8 @@ class Args:
     exp_name: str = arg("acetune_lora", help="run name (wandb run, default output folder)")
     recipe: str = arg("acetune", choices=tuple(RECIPES), help="named set of flag values, applied first; flags you "
                       "set win. fork: as woct0rdho's trainer_new.py, upstream: as ace-step's trainer.py (docs/train.md)")
+    model_family: str = arg("", help="model family (ace-step-v1, acestep15); optional: read from --checkpoint_dir, "
+                            "and checked against it when given", aliases=("--family",))
     # optimisation
     learning_rate: float = arg(1e-4, help="peak learning rate (Prodigy: a multiplier, usually 1.0)")
     weight_decay: float = arg(1e-2, help="decoupled weight decay")
@@ -235,7 +237,7 @@ def build_run(args: Args, echo=print):
 
     from acetune.dataset.schema import load_dataset
     from acetune.hub import resolve_model
-    from acetune.models.family import detect_family
+    from acetune.models.family import check_family, detect_family, get_family
     from acetune.training import checkpoint as ckpt
     from acetune.training import run_folder
     from acetune.training.best import forget_best_after
@@ -252,6 +254,8 @@ def build_run(args: Args, echo=print):
     source = resolve_model(args.checkpoint_dir, stage="all" if args.validation_prompt else "train",
                            revision=args.revision or None, offline=args.offline)
     checkpoint_dir = source.path
+    if args.model_family:
+        check_family(checkpoint_dir, get_family(args.model_family))
     family = detect_family(checkpoint_dir)
     apply_recipe(args, family.name)  # before anything reads a flag the recipe sets
     hf_dataset, meta = load_dataset(args.dataset_path)

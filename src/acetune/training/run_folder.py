@@ -19,7 +19,7 @@ from acetune.training import checkpoint as ckpt
 # validation renders, ignored compatibility flags). Every other resolved flag is a hyper-parameter.
 # --max_steps / --epochs may grow on resume on purpose (the LR schedule is recomputed for the new length).
 NOT_HYPER_PARAMETERS = frozenset({
-    "dataset_path", "checkpoint_dir", "lora_config_path", "output_dir", "exp_name", "max_steps", "epochs",
+    "dataset_path", "checkpoint_dir", "model_family", "lora_config_path", "output_dir", "exp_name", "max_steps", "epochs",
     "num_workers", "device", "gradient_checkpointing", "every_n_train_steps", "save_last", "resume", "resume_from",
     "logger", "logger_dir", "overfit_check", "init_lora", "allow_changes", "overwrite", "every_plot_step",
     "val_check_interval", "devices", "num_nodes", "reload_dataloaders_every_n_epochs",
@@ -33,6 +33,9 @@ RUN_FILES = ("logs", "validation", "metrics.jsonl")
 def claim(output_dir: Path, *, resuming: bool, overwrite: bool, logs_inside: bool, delete: bool = True) -> list[Path]:
     """Check (or, with overwrite, clear) `output_dir` for a new run; returns the deleted paths.
     `delete=False` (DDP ranks other than 0) only checks."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError("--output_dir is an existing file, not a folder", path=output_dir,
+                         fix="pass a folder name (new, or the run's own folder)")
     found = ckpt.list_checkpoints(output_dir)
     if resuming:
         if overwrite:
