@@ -53,11 +53,15 @@ class Sample:
     lyric_ids: torch.Tensor  # (L,) int64, L >= 1
     lyric_mask: torch.Tensor  # (L,) 0 for the placeholder of empty lyrics
     speaker: torch.Tensor  # (D_spk,)
-    ssl: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (T_ssl, d) float32 directions
+    ssl: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (T_ssl, d) float32 targets
 
 
-def decode_row(row: dict, storage: str, ssl_names: tuple[str, ...] | list[str] = ()) -> Sample:
-    """A dataset row -> `Sample`: latents cropped to `latent_length`, int8 SSL directions to float."""
+def decode_row(row: dict, storage: str, ssl_names: tuple[str, ...] | list[str] = (),
+               ssl_encoding: str = schema.SSL_ENCODING) -> Sample:
+    """A dataset row -> `Sample`: latents cropped to `latent_length`, SSL targets decoded to float32.
+
+    `ssl_encoding` is the dataset's (`DatasetMeta.ssl_encoding`; schema-1 datasets give directions).
+    """
     latents = schema.row_tensor(row, schema.LATENTS, storage).float()
     latents = latents[..., : int(row[schema.LATENT_LENGTH])]
     ids = torch.tensor(list(row[schema.LYRIC_IDS]), dtype=torch.int64)
@@ -66,9 +70,9 @@ def decode_row(row: dict, storage: str, ssl_names: tuple[str, ...] | list[str] =
         ids, mask = torch.zeros(1, dtype=torch.int64), torch.zeros(1)
     ssl = {}
     for name in ssl_names:
-        t = schema.row_tensor(row, schema.SSL_PREFIX + name, storage)
+        t = schema.row_tensor(row, schema.SSL_PREFIX + name, storage, ssl_encoding)
         if t is not None:
-            ssl[name] = t.float() / 127.0  # only the direction matters (cosine loss)
+            ssl[name] = t
     return Sample(
         key=str(row[schema.KEY]),
         latents=latents,
@@ -93,7 +97,7 @@ class SongDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> Sample:
-        return decode_row(self.rows[int(index)], self.meta.storage_dtype, self.ssl_names)
+        return decode_row(self.rows[int(index)], self.meta.storage_dtype, self.ssl_names, self.meta.ssl_encoding)
 
 
 def _pad_stack(tensors: list[torch.Tensor], length: int, value: float = 0.0) -> torch.Tensor:
