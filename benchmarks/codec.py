@@ -1,25 +1,24 @@
-"""Encode throughput and peak memory of `MusicDCAE.encode` (48 kHz stereo -> latents) on the CPU.
+"""DCAE encode / decode on long songs: each windowing option's speed, peak memory and distance to one pass.
 
-For each model (tiny golden config / official config, random weights), duration (30 s, 3 min,
-6 min) and mode (windowed = the default 1024-latent-frame windows; one-shot = window None), a fresh
-subprocess builds the codec, encodes once to warm up on 2 s, then times one encode of the full clip.
-Columns: audio seconds per wall second, the process's RSS after building the model and the clip
-(base), and its peak RSS during the encode minus base (extra; ru_maxrss, so it is a high-water mark).
+Options (the DCAE part of `MusicDCAE.encode` / `decode_mel`; the mel front end and the vocoder are the
+same for all and already exact in windows):
 
-The official DCAE is slow on a CPU (~1.5 TFLOP per 30 s of audio), so by default it runs only 30 s;
-pass --official-seconds 30 180 360 for the rest. Run:
+    one-shot    window None: the reference's single pass
+    windows     the previous default: independent windows (encode 1024 latent frames with 128 of
+                context per side, decode 512/128), each with its own attention sum
+    stream      the default now (`dcae_stream`, 512-frame windows): local layers in windows, the
+                EfficientViT attention in two passes with song-wide statistics
 
-    OMP_NUM_THREADS=1 python benchmarks/codec.py [--seconds 30 180 360] [--official-seconds 30]
+Input: a music-like demo song (`dataset/demo_songs.py`, drums + bass + chords + lead), 48 kHz stereo.
+Decode input: the one-shot latents of that song. Every case runs in a fresh subprocess (peak RSS is
+per process); columns are wall seconds, audio seconds per wall second, RSS after building the model
+and the input (base), the peak RSS during the op minus base (extra; ru_maxrss high-water mark), and
+rel L2 to the one-shot output (the one-shot outputs are cached in --cache between cases).
 
-Measured 2026-11-22, 1 thread on a shared 2-core box (audio s/wall s, extra MB):
-    tiny      30 s  windowed 38.5 / 213   one-shot 50.7 / 213
-    tiny     180 s  windowed 28.5 / 518   one-shot 39.9 / 755
-    tiny     360 s  windowed 29.8 / 597   one-shot 28.1 / 1422
-    official  30 s  windowed  1.1 / 869   (one window)
-    official 180 s  windowed  0.5 / 2672  (--official-seconds 180 360)
-    official 360 s  windowed  0.7 / 2977
-The windowed extra levels off at the 1024-latent-frame window; what still grows (~0.5 MB per second
-of audio) is the clip itself and its resampled copies.
+The tiny golden-structure codec runs by default; the official-size DCAE (det_init weights, 157 M
+parameters, ~1.5 TFLOP per 30 s, several GB for a one-shot 6-minute song) only with --official:
+
+    OMP_NUM_THREADS=1 python benchmarks/codec.py [--seconds 30 120] [--official --official-seconds 120 240 360]
 """
 
 from __future__ import annotations
@@ -30,8 +29,12 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+MODES = ("one-shot", "windows", "stream")
+OLD_WINDOWS = {"encode": (1024, 128), "decode": (512, 128)}  # (window, context) of the previous default
 
 
 def _rss_mb() -> float:
@@ -42,32 +45,93 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def worker(model: str, seconds: float, mode: str) -> dict:
+def _build(model: str):
     from diffusers import AutoencoderDC
 
     from acetune.models.v1.dcae import MusicDCAE, official_dcae_config, tiny_dcae_config
     from acetune.models.v1.vocoder import ADaMoSHiFiGANV1, tiny_vocoder_config
+    from acetune.parity.det_init import det_init_
 
     torch.manual_seed(0)
     if model == "tiny":
-        codec = MusicDCAE(AutoencoderDC(**tiny_dcae_config()), ADaMoSHiFiGANV1(**tiny_vocoder_config()))
+        dcae, vocoder = AutoencoderDC(**tiny_dcae_config()), ADaMoSHiFiGANV1(**tiny_vocoder_config())
+    else:  # the vocoder only computes the mel here (buffers), so its weights stay as constructed
+        dcae, vocoder = AutoencoderDC(**official_dcae_config()), ADaMoSHiFiGANV1()
+    det_init_(dcae)
+    return MusicDCAE(dcae, vocoder)
+
+
+def _song_mel(codec, seconds: float) -> torch.Tensor:
+    from acetune.audio.resample import resample
+    from acetune.dataset.demo_songs import SONGS, render_song
+
+    audio = torch.from_numpy(render_song(SONGS[0], seconds))[None]
+    return codec.dcae_input(resample(audio, 48000, 44100)[0][None])
+
+
+def _independent_windows(fn, x: torch.Tensor, scale_in: int, scale_out: int, window: int, context: int):
+    """The previous default: every window through `fn` on its own, cores kept and concatenated."""
+    from acetune.models.v1.dcae_stream import plan_windows
+
+    pieces = []
+    for s, e, c0, c1 in plan_windows(x.shape[-1] // scale_in, window, context):
+        y = fn(x[..., s * scale_in:e * scale_in])
+        pieces.append(y[..., (c0 - s) * scale_out:(c1 - s) * scale_out])
+    return torch.cat(pieces, dim=-1)
+
+
+def _cached_latents(cache: Path, model: str, seconds: float) -> torch.Tensor | None:
+    """One-shot latents of the song from an encode case of this length or longer (cropped), if cached."""
+    from safetensors.torch import load_file
+
+    from acetune.models.v1.dcae import latent_lengths_for
+
+    frames = -(-int(latent_lengths_for(torch.tensor([seconds * 44100]), 44100)) // 1)
+    for path in sorted(cache.glob(f"{model}-*-encode-one-shot.safetensors")):
+        if float(path.name.split("-")[1]) >= seconds:
+            return load_file(path)["out"][..., :frames].contiguous()
+    return None
+
+
+@torch.no_grad()
+def worker(model: str, seconds: float, op: str, mode: str, cache: Path) -> dict:
+    from safetensors.torch import load_file, save_file
+
+    from acetune.models.v1.dcae import DCAE_WINDOW, ENCODE_WINDOW, TIME_MULTIPLE
+    from acetune.models.v1.dcae_stream import decode_stream, encode_stream
+
+    codec = _build(model)
+    tag = f"{model}-{seconds:g}"
+    if op == "encode":
+        x = _song_mel(codec, seconds)
+        run = {"one-shot": lambda: codec.dcae.encoder(x),
+               "windows": lambda: _independent_windows(codec.dcae.encoder, x, TIME_MULTIPLE, 1, *OLD_WINDOWS[op]),
+               "stream": lambda: encode_stream(codec.dcae.encoder, x, ENCODE_WINDOW, TIME_MULTIPLE)}[mode]
     else:
-        codec = MusicDCAE(AutoencoderDC(**official_dcae_config()), ADaMoSHiFiGANV1())
-    window = None if mode == "one-shot" else 1024
-    codec.encode(0.1 * torch.randn(1, 2, 96000), window=window)  # warm-up
-    audio = 0.1 * torch.randn(1, 2, int(seconds * 48000))
+        x = _cached_latents(cache, model, seconds)
+        if x is None:
+            x = encode_stream(codec.dcae.encoder, _song_mel(codec, seconds), ENCODE_WINDOW, TIME_MULTIPLE)
+        run = {"one-shot": lambda: codec.dcae.decoder(x),
+               "windows": lambda: _independent_windows(codec.dcae.decoder, x, 1, TIME_MULTIPLE, *OLD_WINDOWS[op]),
+               "stream": lambda: decode_stream(codec.dcae.decoder, x, DCAE_WINDOW)}[mode]
     base = _rss_mb()
     t0 = time.perf_counter()
-    latents, _ = codec.encode(audio, window=window)
+    out = run()
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-    return dict(model=model, seconds=seconds, mode=mode, wall=wall, base=base, extra=max(0.0, peak - base),
-                frames=latents.shape[-1])
+    result = dict(wall=wall, base=base, extra=max(0.0, peak - base), frames=x.shape[-1])
+    ref = cache / f"{tag}-{op}-one-shot.safetensors"
+    if mode == "one-shot":
+        save_file({"out": out.contiguous()}, ref)
+    elif ref.is_file():
+        one = load_file(ref)["out"]
+        result["rel_l2"] = float((out - one).norm() / one.norm())
+    return result
 
 
-def run_case(model: str, seconds: float, mode: str) -> dict:
-    """One measurement in a fresh process (peak RSS is per process); raises RuntimeError if it failed."""
-    out = subprocess.run([sys.executable, __file__, "--worker", model, str(seconds), mode],
+def run_case(model: str, seconds: float, op: str, mode: str, cache: Path) -> dict:
+    """One measurement in a fresh process; raises RuntimeError if it failed."""
+    out = subprocess.run([sys.executable, __file__, "--worker", model, str(seconds), op, mode, "--cache", str(cache)],
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{out.stderr.strip().splitlines()[-1:]}")
@@ -75,39 +139,53 @@ def run_case(model: str, seconds: float, mode: str) -> dict:
 
 
 def rows(quick: bool) -> list[tuple[str, str, float, str]]:
-    """(what, config, figure, unit) rows for benchmarks/run.py; quick: the tiny codec on 30 s only."""
-    runs = [("tiny", 30, "windowed")] if quick else (
-        [("tiny", s, m) for s in (30, 180, 360) for m in ("windowed", "one-shot")] + [("official", 30, "windowed")])
+    """(what, config, figure, unit) rows for benchmarks/run.py; quick: tiny, 30 s, stream only."""
+    import tempfile
+
+    cache = Path(tempfile.mkdtemp(prefix="acetune-codec-"))
+    cases = [("encode", m) for m in (("stream",) if quick else MODES)]
+    cases += [] if quick else [("decode", m) for m in MODES]
     out = []
-    for model, seconds, mode in runs:
-        r = run_case(model, seconds, mode)
-        config = f"{model} DCAE+vocoder, {seconds} s, {mode}, fp32 CPU"
-        out += [("codec encode speed", config, seconds / r["wall"], "x realtime"),
-                ("codec encode extra memory", config, r["extra"], "MB")]
+    for op, mode in cases:
+        r = run_case("tiny", 30, op, mode, cache)
+        config = f"tiny DCAE, 30 s song, {mode}, fp32 CPU"
+        out += [(f"DCAE {op} speed", config, 30 / r["wall"], "x realtime"),
+                (f"DCAE {op} extra memory", config, r["extra"], "MB")]
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, nargs="*", default=[30, 180, 360], help="durations for tiny")
-    ap.add_argument("--official-seconds", type=float, nargs="*", default=[30], help="durations for official")
-    ap.add_argument("--worker", nargs=3, metavar=("MODEL", "SECONDS", "MODE"), help=argparse.SUPPRESS)
+    ap.add_argument("--seconds", type=float, nargs="*", default=[30, 120], help="song lengths for the tiny DCAE")
+    ap.add_argument("--official", action="store_true", help="also the official-size DCAE (several GB of RAM)")
+    ap.add_argument("--official-seconds", type=float, nargs="*", default=[120, 240, 360],
+                    help="song lengths for the official DCAE")
+    ap.add_argument("--ops", nargs="*", default=["encode", "decode"], choices=["encode", "decode"])
+    ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/acetune-codec-bench"),
+                    help="folder for the one-shot outputs that the other modes are compared with")
+    ap.add_argument("--worker", nargs=4, metavar=("MODEL", "SECONDS", "OP", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], float(args.worker[1]), args.worker[2])))
+        model, seconds, op, mode = args.worker
+        print(json.dumps(worker(model, float(seconds), op, mode, args.cache)))
         return
-    runs = [("tiny", s, m) for s in args.seconds for m in ("windowed", "one-shot")]
-    runs += [("official", s, "windowed") for s in args.official_seconds]
+    runs = [("tiny", s) for s in args.seconds] + [("official", s) for s in (args.official_seconds if args.official else [])]
     print(f"torch threads {torch.get_num_threads()} (set OMP_NUM_THREADS), CPU, fp32", file=sys.stderr)
-    print(f"{'model':<9} {'audio':>6} {'mode':<9} {'wall s':>8} {'audio s/wall s':>15} {'base MB':>8} {'extra MB':>9}")
-    for model, seconds, mode in runs:
-        try:
-            r = run_case(model, seconds, mode)
-        except RuntimeError as err:
-            print(f"{model:<9} {seconds:>5.0f}s {mode:<9} failed: {err}")
-            continue
-        print(f"{model:<9} {seconds:>5.0f}s {mode:<9} {r['wall']:>8.2f} {seconds / r['wall']:>15.1f} "
-              f"{r['base']:>8.0f} {r['extra']:>9.0f}", flush=True)
+    print(f"{'model':<9} {'song':>6} {'op':<7} {'mode':<9} {'wall s':>8} {'x realtime':>10} {'base MB':>8} "
+          f"{'extra MB':>9} {'rel L2 vs one-shot':>19}")
+    for model, seconds in runs:
+        for op in args.ops:
+            for mode in args.modes:
+                try:
+                    r = run_case(model, seconds, op, mode, args.cache)
+                except RuntimeError as err:
+                    print(f"{model:<9} {seconds:>5.0f}s {op:<7} {mode:<9} failed: {err}", flush=True)
+                    continue
+                rel = "—" if mode == "one-shot" else (f"{r['rel_l2']:.2e}" if "rel_l2" in r else "n/a")
+                print(f"{model:<9} {seconds:>5.0f}s {op:<7} {mode:<9} {r['wall']:>8.1f} {seconds / r['wall']:>10.2f} "
+                      f"{r['base']:>8.0f} {r['extra']:>9.0f} {rel:>19}", flush=True)
 
 
 if __name__ == "__main__":

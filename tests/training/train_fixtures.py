@@ -58,9 +58,9 @@ def make_dataset(folder: Path, checkpoint: Path, *, songs: int = 3, frames: tupl
             schema.SPEAKER_EMB: torch.randn(spk_dim, generator=g),
         }
         for name in ssl_names:
-            blobs[schema.SSL_PREFIX + name] = schema.quantize_ssl(torch.randn(width * 3, ssl_dims[name], generator=g))
+            blobs[schema.SSL_PREFIX + name] = torch.randn(width * 3, ssl_dims[name], generator=g)
         for name, tensor in blobs.items():
-            data, shape = schema.encode_blob(tensor, schema.blob_dtype(name, "float16"))
+            data, shape = schema.encode_column(name, tensor, "float16")
             values[name], values[schema.shape_column(name)] = data, shape
         for name in rows:
             rows[name].append(values[name])

@@ -105,7 +105,7 @@ class Sample:
     latents: torch.Tensor | None = None
     latent_length: int = 0
     ssl_inputs: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
-    ssl: dict[str, torch.Tensor] = field(default_factory=dict)
+    ssl: dict[str, tuple[bytes, list[int]]] = field(default_factory=dict)  # name -> `schema.encode_ssl`
 
 
 @dataclass
@@ -188,8 +188,8 @@ def encode_part(songs: list[SongRecord], enc: Encoders, s: Settings, report: Rep
                 try:
                     for smp in w.samples:
                         signal, valid = smp.ssl_inputs.pop(name)
-                        smp.ssl[name] = schema.quantize_ssl(ssl.ssl_features(model, signal, valid, source,
-                                                                               s.ssl_batch_size))
+                        feats = ssl.ssl_features(model, signal, valid, source, s.ssl_batch_size)
+                        smp.ssl[name] = schema.encode_ssl(feats)  # kept encoded: ~6 bits per value
                 except (RuntimeError, ValueError) as err:
                     _fail(w, report, f"{name} SSL features failed ({err.__class__.__name__}: {str(err)[:200]})")
     return [row for w in work if not w.failed for row in _rows(w, s, report)]
@@ -278,8 +278,8 @@ def _rows(w: SongWork, s: Settings, report: Report) -> list[dict]:
             _blob(row, schema.TEXT_EMBEDS, w.text, s.storage_dtype)
             _blob(row, schema.TEXT_MASK, w.text_mask, s.storage_dtype)
             _blob(row, schema.SPEAKER_EMB, w.speaker, s.storage_dtype)
-            for name, feats in smp.ssl.items():
-                _blob(row, schema.SSL_PREFIX + name, feats, s.storage_dtype)
+            for name, (data, shape) in smp.ssl.items():
+                row[schema.SSL_PREFIX + name], row[schema.shape_column(schema.SSL_PREFIX + name)] = data, shape
             rows.append(row)
     except OverflowError as err:
         report.problem(w.song.filename, str(err), "use --storage_dtype bfloat16 or float32")

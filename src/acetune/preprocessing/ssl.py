@@ -8,6 +8,9 @@ Mirrors the fork's `Preprocessor.infer_mert_ssl` / `infer_mhubert_ssl` (woct0rdh
        (unbiased variance + 1e-7) -> chunks of 5 s (MERT) / 30 s (mHuBERT), the last zero-padded
     -> model(chunks).last_hidden_state -> keep (chunk_len + 319) // 320 frames per chunk -> concat.
 
+The float32 features are stored with `schema.encode_ssl` (steps of RMS/16 per frame, entropy-coded:
+per-frame cosine >= 0.9998 on heavy tails and outlier channels; docs/preprocess.md).
+
 Models are read from local folders with transformers `AutoModel` (nothing is downloaded). The
 official MERT folder needs its own modelling code (`auto_map` in config.json), which runs only with
 an explicit `trust_remote_code=True` (`--trust_remote_code`).

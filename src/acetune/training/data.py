@@ -54,11 +54,15 @@ class Sample:
     lyric_ids: torch.Tensor  # (L,) int64, L >= 1
     lyric_mask: torch.Tensor  # (L,) 0 for the placeholder of empty lyrics
     speaker: torch.Tensor  # (D_spk,)
-    ssl: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (T_ssl, d) float32 directions
+    ssl: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (T_ssl, d) float32 targets
 
 
-def decode_row(row: dict, storage: str, ssl_names: tuple[str, ...] | list[str] = ()) -> Sample:
-    """A dataset row -> `Sample`: latents cropped to `latent_length`, int8 SSL directions to float."""
+def decode_row(row: dict, storage: str, ssl_names: tuple[str, ...] | list[str] = (),
+               ssl_encoding: str = schema.SSL_ENCODING) -> Sample:
+    """A dataset row -> `Sample`: latents cropped to `latent_length`, SSL targets decoded to float32.
+
+    `ssl_encoding` is the dataset's (`DatasetMeta.ssl_encoding`; schema-1 datasets give directions).
+    """
     latents = schema.row_tensor(row, schema.LATENTS, storage).float()
     latents = latents[..., : int(row[schema.LATENT_LENGTH])]
     ids = torch.tensor(list(row[schema.LYRIC_IDS]), dtype=torch.int64)
@@ -67,9 +71,9 @@ def decode_row(row: dict, storage: str, ssl_names: tuple[str, ...] | list[str] =
         ids, mask = torch.zeros(1, dtype=torch.int64), torch.zeros(1)
     ssl = {}
     for name in ssl_names:
-        t = schema.row_tensor(row, schema.SSL_PREFIX + name, storage)
+        t = schema.row_tensor(row, schema.SSL_PREFIX + name, storage, ssl_encoding)
         if t is not None:
-            ssl[name] = t.float() / 127.0  # only the direction matters (cosine loss)
+            ssl[name] = t
     return Sample(
         key=str(row[schema.KEY]),
         latents=latents,
@@ -103,7 +107,8 @@ class SongDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> Sample:
-        sample = decode_row(self.rows[int(index)], self.meta.storage_dtype, self.ssl_names)
+        sample = decode_row(self.rows[int(index)], self.meta.storage_dtype, self.ssl_names,
+                            self.meta.ssl_encoding)
         if self.prompt_draw == "once":
             k = song_rng(sample.key, self.seed).randrange(sample.text_embeds.shape[0])
             sample.text_embeds, sample.text_mask = sample.text_embeds[k:k + 1], sample.text_mask[k:k + 1]

@@ -8,11 +8,11 @@ Mirrors the reference `MusicDCAE` (`acestep/music_dcae/music_dcae_pipeline.py`, 
     decode: z / scale + shift -> DCAE decoder -> ×0.5 + 0.5 -> ×14 − 11 -> vocoder per channel
             -> (2, F·8·512) at 44.1 kHz -> optional resample to `sr` -> optional cut to audio_lengths.
 
-Long inputs run in overlapping windows so memory stays flat with duration (`plan_windows`): the
-DCAE encoder and decoder see at most `window` latent frames at a time (its EfficientViT blocks
-attend over the whole window, so windowing changes results slightly; a clip that fits in one window
-is computed exactly as the reference does), the vocoder at most `VOCODER_WINDOW` mel frames with
-more context than its receptive field (windowed == one-shot up to float rounding).
+Long inputs run in windows so memory stays flat with duration: the DCAE encoder and decoder through
+`dcae_stream` (local layers window by window with more context than their receptive field, the
+EfficientViT attention in two passes with song-wide statistics: equal to one pass up to float
+rounding), the vocoder at most `VOCODER_WINDOW` mel frames with more context than its receptive
+field (also equal to one pass up to float rounding).
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ from torch import nn
 from acetune.audio.resample import resample
 from acetune.errors import CheckpointError
 from acetune.layout import CONFIG_FILE, V1_DCAE_DIR, V1_VOCODER_DIR, WEIGHTS_FILE, WEIGHTS_INDEX_FILE
+from acetune.models.v1.dcae_stream import decode_stream, encode_stream, plan_windows
 from acetune.models.v1.vocoder import ADaMoSHiFiGANV1
+
+__all__ = ["MusicDCAE", "plan_windows", "latent_lengths_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,39 +45,13 @@ TIME_MULTIPLE = 8  # mel frames per latent frame
 MIN_MEL, MAX_MEL = -11.0, 3.0
 SCALE_FACTOR, SHIFT_FACTOR = 0.1786, -1.9091  # not the AutoencoderDC config's scaling_factor (unused)
 
-# Window sizes, in latent frames (1 latent frame = 8 mel frames = 4096 samples = 92.9 ms). Clips that
-# fit in one window are computed exactly as the reference does. Encode: 1024 frames, so clips up to 95 s
-# are one-shot; longer ones cost ~1.33x compute (768-frame cores). Decode: the reference `decode_overlap` numbers
-# (512-frame windows, 128 trimmed at inner edges). On the tiny golden model, windowing a 100 s clip
-# changes latents by ~1% rel L2 (the EfficientViT attention is global over its window); context size
-# hardly matters (32..128 frames: 1.13%..1.02%).
-ENCODE_WINDOW, ENCODE_CONTEXT = 1024, 128
-DCAE_WINDOW, DCAE_CONTEXT = 512, 128
+# Window sizes, in latent frames (1 latent frame = 8 mel frames = 4096 samples = 92.9 ms). Encoder and
+# decoder windows are exact (`dcae_stream`), so the size only trades memory for a little recomputed
+# context (2 x STREAM_CONTEXT frames per window, ~7% at 512); a clip of <= 512 frames (47.5 s) runs the
+# plain one-pass forward. Peak memory and speed per option: benchmarks/codec.py, docs/benchmarks.md.
+ENCODE_WINDOW = DCAE_WINDOW = 512
 MEL_CHUNK = 4096  # STFT frames per chunk in `dcae_input` (exact; bounds the spectrogram's memory)
 VOCODER_WINDOW, VOCODER_CONTEXT = 1024, 96  # mel frames; the vocoder's receptive field is ~90 frames
-
-
-def plan_windows(total: int, window: int | None, context: int) -> list[tuple[int, int, int, int]]:
-    """Cover [0, total) with windows of `window` units, keeping each one's centre.
-
-    Cores of `window − 2·context` units tile [0, total); each is computed from the `window`-long
-    span around it (shifted inwards at the ends, so every core has >= `context` units of real
-    input on each side unless it touches an end). `window` None or >= total: one window.
-
-    Returns:
-        list of (read_start, read_end, core_start, core_end), in input units.
-    """
-    if window is None or total <= window:
-        return [(0, total, 0, total)]
-    core = window - 2 * context
-    if core <= 0:
-        raise ValueError(f"window {window} must exceed twice the context {context}")
-    spans = []
-    for c0 in range(0, total, core):
-        c1 = min(total, c0 + core)
-        s = min(max(0, c0 - context), total - window)
-        spans.append((s, s + window, c0, c1))
-    return spans
 
 
 def latent_lengths_for(audio_lengths: torch.Tensor, sr: int) -> torch.Tensor:
@@ -144,14 +121,14 @@ class MusicDCAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, audios: torch.Tensor, audio_lengths: torch.Tensor | None = None, sr: int | None = None,
-               window: int | None = ENCODE_WINDOW, context: int = ENCODE_CONTEXT) -> tuple[torch.Tensor, torch.Tensor]:
+               window: int | None = ENCODE_WINDOW) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio -> latents.
 
         Args:
             audios: (N, 2, T) stereo waveform at `sr` (48 kHz when sr is None), any float dtype/device.
             audio_lengths: (N,) valid samples per clip; default T for every clip.
             sr: input sample rate; None means 48000 (reference default).
-            window, context: DCAE window and per-side context in latent frames (None: one pass).
+            window: DCAE window in latent frames (None: one pass; either way the same latents).
         Returns:
             latents (N, 8, 16, ceil(T44 / 4096)) in the model dtype, latent_lengths (N,) int64.
         """
@@ -161,31 +138,25 @@ class MusicDCAE(nn.Module):
         if audio_lengths is None:
             audio_lengths = torch.full((audios.shape[0],), audios.shape[-1], dtype=torch.long)
         audio = resample(audios.to(self.device, torch.float32), sr, DCAE_SAMPLE_RATE)
-        latents = [self._encode_mel(self.dcae_input(clip[None]), window, context) for clip in audio]
+        latents = [self._encode_mel(self.dcae_input(clip[None]), window) for clip in audio]
         latents = (torch.cat(latents) - SHIFT_FACTOR) * SCALE_FACTOR
         return latents, latent_lengths_for(torch.as_tensor(audio_lengths).cpu(), sr).to(latents.device)
 
-    def _encode_mel(self, mel: torch.Tensor, window: int | None, context: int) -> torch.Tensor:
-        """(1, 2, 128, 8·L) normalised mel -> (1, 8, 16, L) raw encoder output, window by window."""
+    def _encode_mel(self, mel: torch.Tensor, window: int | None) -> torch.Tensor:
+        """(1, 2, 128, 8·L) normalised mel -> (1, 8, 16, L) raw encoder output."""
         mel = mel.to(self.dtype)
-        out = []
-        for s, e, c0, c1 in plan_windows(mel.shape[-1] // TIME_MULTIPLE, window, context):
-            z = self.dcae.encoder(mel[..., s * TIME_MULTIPLE:e * TIME_MULTIPLE])  # (1, 8, 16, e − s)
-            out.append(z[..., c0 - s:c1 - s])
-        return torch.cat(out, dim=-1)
+        if window is None:
+            return self.dcae.encoder(mel)
+        return encode_stream(self.dcae.encoder, mel, window, TIME_MULTIPLE)
 
     # ---- decode ----
 
     @torch.no_grad()
-    def decode_mel(self, latents: torch.Tensor, window: int | None = DCAE_WINDOW,
-                   context: int = DCAE_CONTEXT) -> torch.Tensor:
-        """(1, 8, 16, L) scaled latents -> (1, 2, 128, 8·L) log-mel (de-normalised), window by window."""
+    def decode_mel(self, latents: torch.Tensor, window: int | None = DCAE_WINDOW) -> torch.Tensor:
+        """(1, 8, 16, L) scaled latents -> (1, 2, 128, 8·L) log-mel (de-normalised); window None: one pass."""
         z = latents.to(self.device, self.dtype) / SCALE_FACTOR + SHIFT_FACTOR
-        out = []
-        for s, e, c0, c1 in plan_windows(z.shape[-1], window, context):
-            mel = self.dcae.decoder(z[..., s:e])  # (1, 2, 128, 8 · (e − s))
-            out.append(mel[..., (c0 - s) * TIME_MULTIPLE:(c1 - s) * TIME_MULTIPLE])
-        mel = torch.cat(out, dim=-1) * 0.5 + 0.5
+        mel = self.dcae.decoder(z) if window is None else decode_stream(self.dcae.decoder, z, window)
+        mel = mel * 0.5 + 0.5
         return mel * (MAX_MEL - MIN_MEL) + MIN_MEL
 
     @torch.no_grad()
@@ -207,8 +178,7 @@ class MusicDCAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, audio_lengths: torch.Tensor | None = None, sr: int | None = None,
-               window: int | None = DCAE_WINDOW, context: int = DCAE_CONTEXT,
-               vocoder_window: int | None = VOCODER_WINDOW,
+               window: int | None = DCAE_WINDOW, vocoder_window: int | None = VOCODER_WINDOW,
                vocoder_context: int = VOCODER_CONTEXT) -> tuple[int, list[torch.Tensor]]:
         """Latents -> waveforms.
 
@@ -216,14 +186,15 @@ class MusicDCAE(nn.Module):
             latents: (N, 8, 16, L) as returned by `encode`.
             audio_lengths: optional (N,) samples at the output rate to keep per clip.
             sr: output sample rate; None keeps the vocoder's 44.1 kHz (generation passes 48000).
-            window, context: DCAE decoder windowing in latent frames; vocoder_window/_context in mel frames.
+            window: DCAE decoder window in latent frames (None: one pass; the same mel either way);
+                vocoder_window/_context in mel frames.
         Returns:
             (sr, [ (2, samples) float32 CPU tensor per clip ]).
         """
         out_sr = DCAE_SAMPLE_RATE if sr is None else int(sr)
         wavs = []
         for i, z in enumerate(latents):
-            mel = self.decode_mel(z[None], window, context)[0]  # (2, 128, 8L)
+            mel = self.decode_mel(z[None], window)[0]  # (2, 128, 8L)
             wav = resample(self.vocode(mel, vocoder_window, vocoder_context), DCAE_SAMPLE_RATE, out_sr)
             if audio_lengths is not None:
                 wav = wav[:, :int(audio_lengths[i])]
