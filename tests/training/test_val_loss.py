@@ -30,8 +30,9 @@ def tiny(tmp_path_factory):
 
 def _build(argv):
     from acetune.stages import train
+    from acetune.training.setup import build_run
 
-    return train.build_run(parse_args(train.Args, argv, "acetune train"), echo=lambda _: None)[0]
+    return build_run(parse_args(train.Args, argv, "acetune train"), echo=lambda _: None)[0]
 
 
 def _loss(run_) -> float:

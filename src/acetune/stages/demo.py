@@ -194,10 +194,11 @@ def fixed_noise_loss(train_argv: list[str], output_dir: Path, init_lora: str = "
     from acetune.stages import train
     from acetune.training.data import batch_to, make_batch
     from acetune.training.loop import StepModule
+    from acetune.training.setup import build_run
 
     argv = [*train_argv, "--output_dir", str(output_dir), "--logger", "none", "--max_steps", "1"]
     args = parse_args(train.Args, argv + (["--init_lora", init_lora] if init_lora else []), "acetune train")
-    run_, _ = train.build_run(args, echo=lambda _: None)
+    run_, _ = build_run(args, echo=lambda _: None)
     step = StepModule(run_.model, run_.family, run_.config.shift, ssl_coeff=0.0)
     run_.model.eval()
     gen = torch.Generator().manual_seed(0)

@@ -57,13 +57,14 @@ def test_validation_renders_through_the_pipeline(v15_prepared, tmp_path):
     from acetune.audio.io import audio_read
     from acetune.stages import train
     from acetune.training.loop import fit
+    from acetune.training.setup import build_run
 
     checkpoint, prep = v15_prepared
     out = tmp_path / "out"
     argv = _argv(checkpoint, prep, out, "--max_steps", "2", "--every_n_train_steps", "2", "--validation_prompt",
                  "dark synthwave", "--validation_lyrics", "neon rain", "--validation_duration", "1",
                  "--validation_every", "2")
-    run_, _ = train.build_run(parse_args(train.Args, argv, "acetune train"), echo=lambda _: None)
+    run_, _ = build_run(parse_args(train.Args, argv, "acetune train"), echo=lambda _: None)
     run_.metrics = recorder = Recorder()
     fit(run_)
     renders = {s: audio_read(out / "validation" / f"step-{s:06d}" / "0.wav", 48000) for s in (0, 2)}
@@ -130,8 +131,9 @@ def _deltas(model, adapter_name: str = "lora_adapter") -> dict[str, torch.Tensor
 
 def _build(argv):
     from acetune.stages import train
+    from acetune.training.setup import build_run
 
-    return train.build_run(parse_args(train.Args, argv, "acetune train"), echo=lambda _: None)[0]
+    return build_run(parse_args(train.Args, argv, "acetune train"), echo=lambda _: None)[0]
 
 
 @pytest.mark.parametrize("kind", ["lora", "lokr"])

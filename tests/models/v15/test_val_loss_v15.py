@@ -13,8 +13,9 @@ def test_v15_validation_loss_is_bitwise_deterministic(v15_prepared, tmp_path):
     lora = tmp_path / "lora.json"
     lora.write_text('{"r": 4, "lora_alpha": 4, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}')
     from acetune.stages import train
+    from acetune.training.setup import build_run
 
-    run_ = train.build_run(parse_args(train.Args, ["--dataset_path", str(prep), "--checkpoint_dir", str(checkpoint), "--output_dir",
+    run_ = build_run(parse_args(train.Args, ["--dataset_path", str(prep), "--checkpoint_dir", str(checkpoint), "--output_dir",
                    str(tmp_path / "out"), "--lora_config_path", str(lora), "--precision", "32", "--device", "cpu",
                    "--logger", "none", "--validation_dataset", str(prep)], "acetune train"), echo=lambda _: None)[0]
     cfg = run_.config
