@@ -10,6 +10,12 @@ Goals: 95% tempo hits (exact + octave) and 80% exact keys.
     OMP_NUM_THREADS=1 python benchmarks/bpm_key_accuracy.py --clips 48 --seconds 12
 
 These are synthetic clips: real mixes (tempo drift, modal harmony, detuned masters) score lower.
+`--hard` adds harder material: the four demo songs (`acetune demo`) at 5 s and 20 s, swung eighths,
+half-time grooves (snare on 3), double-time hats (sixteenths), dorian and mixolydian harmony (the
+truth is the tonic with its third: D dorian counts as D minor) and 1.5 s of silence at both ends.
+Octave errors (2x, 0.5x) and key confusions (relative, parallel, a fifth away) are counted apart.
+
+    OMP_NUM_THREADS=1 python benchmarks/bpm_key_accuracy.py --hard --clips 48 --seconds 10
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ import numpy as np
 SR = 22050
 MAJOR_STEPS = (0, 2, 4, 5, 7, 9, 11)
 MINOR_STEPS = (0, 2, 3, 5, 7, 8, 10)  # natural minor; V is raised to major below, as usual
+MODE_STEPS = {"dorian": (0, 2, 3, 5, 7, 9, 10), "mixolydian": (0, 2, 4, 5, 7, 9, 10)}
+MODE_PROGRESSIONS = {"dorian": ((0, 3, 0, 3), (0, 6, 3, 0)), "mixolydian": ((0, 6, 3, 0), (0, 3, 6, 0))}
+GROOVES = ("straight", "swing", "half", "double")
 MAJOR_PROGRESSIONS = ((0, 4, 5, 3), (0, 3, 4, 0), (0, 5, 3, 4), (1, 4, 0, 0), (0, 3, 0, 4))
 MINOR_PROGRESSIONS = ((0, 3, 4, 0), (0, 5, 2, 6), (0, 3, 6, 4), (0, 6, 5, 4), (0, 0, 3, 4))
 GOAL_TEMPO, GOAL_KEY = 0.95, 0.80
@@ -37,6 +46,9 @@ class Case:
     seed: int
     seconds: float = 20.0
     drums: bool = True
+    groove: str = "straight"  # GROOVES
+    mode: str = ""  # "" (major/minor by `minor`), "dorian" or "mixolydian"
+    silence: float = 0.0  # seconds of silence added at both ends
 
 
 def _tone(freq: float, dur: float, harmonics: np.ndarray, decay: float) -> np.ndarray:
@@ -59,8 +71,9 @@ def synth_clip(case: Case) -> np.ndarray:
     beat = 60.0 / case.bpm
     n = int(case.seconds * SR)
     out = np.zeros(n + SR * 4, dtype=np.float32)
-    steps = MINOR_STEPS if case.minor else MAJOR_STEPS
-    progs = MINOR_PROGRESSIONS if case.minor else MAJOR_PROGRESSIONS
+    steps = MODE_STEPS.get(case.mode) or (MINOR_STEPS if case.minor else MAJOR_STEPS)
+    progs = MODE_PROGRESSIONS.get(case.mode) or (MINOR_PROGRESSIONS if case.minor else MAJOR_PROGRESSIONS)
+    swing = beat / 6 if case.groove == "swing" else 0.0  # the off-beat eighth lands 2/3 through the beat
     prog = progs[rng.integers(len(progs))]
     timbres = [rng.uniform(0.1, 1.0, int(rng.integers(3, 9))) for _ in range(3)]  # harmonic amplitudes
     offset = rng.uniform(0.0, beat)
@@ -80,7 +93,7 @@ def synth_clip(case: Case) -> np.ndarray:
         root = prog[bar % len(prog)]
         chord = [root, root + 2, root + 4]
         # harmonic minor: the dominant chord (degree 4) gets a major third (raised 7th degree)
-        raised = case.minor and root % 7 == 4
+        raised = case.minor and not case.mode and root % 7 == 4
         for d in chord:
             f = pitch(d, 3)
             if raised and d % 7 == 6:
@@ -91,21 +104,59 @@ def synth_clip(case: Case) -> np.ndarray:
         for e in range(8):  # melody on eighths, mostly chord tones
             if rng.random() < 0.7:
                 d = int(rng.choice(chord)) if rng.random() < 0.7 else int(rng.integers(0, 7))
-                add(_tone(pitch(d, 4), beat * 0.5, timbres[2], 6.0), t + e * beat / 2, 0.12)
+                add(_tone(pitch(d, 4), beat * 0.5, timbres[2], 6.0), t + e * beat / 2 + swing * (e % 2), 0.12)
         if case.drums:
+            kick = _tone(55.0, 0.25, np.array([1.0]), 18.0)
             for b in range(4):
-                if b in (0, 2):
-                    kick = _tone(55.0, 0.25, np.array([1.0]), 18.0)
+                if case.groove == "half":  # half-time feel: kick on 1, snare on 3
+                    if b == 0:
+                        add(kick, t, 0.8)
+                    elif b == 2:
+                        add(_noise(rng, 0.2, 25.0, False), t + b * beat, 0.25)
+                elif b in (0, 2):
                     add(kick, t + b * beat, 0.8)
                 else:
                     add(_noise(rng, 0.2, 25.0, False), t + b * beat, 0.25)  # snare
-            for e in range(8):
-                add(_noise(rng, 0.05, 80.0, True), t + e * beat / 2, 0.08)  # hats
+            hats = 16 if case.groove == "double" else 8
+            for e in range(hats):
+                add(_noise(rng, 0.05, 80.0, True), t + e * 4 * beat / hats + swing * (e % 2 and hats == 8), 0.08)
         t += 4 * beat
         bar += 1
     y = out[:n]
     y += 0.003 * rng.standard_normal(n).astype(np.float32)
-    return (0.9 * y / np.abs(y).max()).astype(np.float32)
+    y = (0.9 * y / np.abs(y).max()).astype(np.float32)
+    pad = np.zeros(int(case.silence * SR), dtype=np.float32)
+    return np.concatenate([pad, y, pad])
+
+
+def make_hard_cases(count: int, seconds: float, seed: int = 0) -> list[Case]:
+    """`count` cases cycling through grooves and modes; every third has silence at both ends."""
+    cases = make_cases(count, seconds, seed)
+    modes = ("", "", "dorian", "mixolydian")
+    for i, c in enumerate(cases):
+        c.groove, c.mode, c.silence = GROOVES[i % 4], modes[(i // 4) % 4], 1.5 if i % 3 == 0 else 0.0
+        c.minor = c.minor if not c.mode else c.mode == "dorian"
+    return cases
+
+
+def key_verdict(estimate: str | None, truth: str) -> str:
+    """'exact', 'relative' (same notes, other mode), 'parallel' (same tonic), 'fifth' (a fifth away,
+    same mode), else 'other'."""
+    from acetune.audio.analysis import PITCH_NAMES
+
+    if estimate is None:
+        return "other"
+    if estimate == truth:
+        return "exact"
+    (et, em), (tt, tm) = estimate.split(), truth.split()
+    e, t = PITCH_NAMES.index(et), PITCH_NAMES.index(tt)
+    if em != tm and (e - t) % 12 == (9 if tm == "major" else 3):
+        return "relative"
+    if e == t:
+        return "parallel"
+    if em == tm and (e - t) % 12 in (5, 7):
+        return "fifth"
+    return "other"
 
 
 def make_cases(count: int, seconds: float, seed: int = 0) -> list[Case]:
@@ -132,27 +183,44 @@ def tempo_verdict(estimate: float | None, truth: float, tol: float = 2.0) -> str
     return "miss"
 
 
-def evaluate(cases: list[Case]) -> dict:
-    """Run the analysis on every case; returns rates and the failing cases."""
+def demo_clips(seconds: tuple[float, ...] = (5.0, 20.0)) -> list[tuple[str, np.ndarray, int, float, str]]:
+    """(name, audio at 16 kHz, rate, true BPM, true key) of the demo songs, rendered as `acetune demo` does."""
+    import torch
+
+    from acetune.audio.resample import resample
+    from acetune.dataset.demo_songs import SONGS, render_song
+
+    out = []
+    for secs in seconds:
+        for i, song in enumerate(SONGS):
+            wav = torch.from_numpy(render_song(song, secs, seed=i)).mean(dim=0, keepdim=True)
+            out.append((f"demo {song.stem} {secs:g} s", resample(wav, 48000, 16000)[0].numpy(), 16000, float(song.bpm),
+                        song.key))
+    return out
+
+
+def evaluate(cases: list[Case], extra: list | None = None) -> dict:
+    """Run the analysis on every case (and `extra` (name, audio, rate, bpm, key) clips); rates and failures."""
     from acetune.audio.analysis import estimate_bpm, estimate_key, key_name
 
-    counts = {"hit": 0, "octave": 0, "miss": 0}
-    key_ok = 0
+    clips = [(f"{c.bpm} BPM {c.groove} {c.mode or ('minor' if c.minor else 'major')} drums={c.drums}",
+              synth_clip(c), SR, c.bpm, key_name(c.tonic + (12 if c.minor else 0))) for c in cases]
+    tempo = {"hit": 0, "octave": 0, "miss": 0}
+    key = {"exact": 0, "relative": 0, "parallel": 0, "fifth": 0, "other": 0}
     failures = []
-    for c in cases:
-        y = synth_clip(c)
-        bpm = estimate_bpm(y, SR)
-        key, _ = estimate_key(y, SR)
-        verdict = tempo_verdict(bpm, c.bpm)
-        counts[verdict] += 1
-        truth_key = key_name(c.tonic + (12 if c.minor else 0))
-        key_ok += key == truth_key
-        if verdict != "hit" or key != truth_key:
-            failures.append((c, bpm, key, truth_key, verdict))
-    n = len(cases)
-    return {"n": n, "tempo_hit": counts["hit"] / n, "tempo_octave": counts["octave"] / n,
-            "tempo_miss": counts["miss"] / n, "tempo_hit_or_octave": (counts["hit"] + counts["octave"]) / n,
-            "key_exact": key_ok / n, "failures": failures}
+    for name, y, sr, bpm_true, key_true in clips + list(extra or []):
+        bpm = estimate_bpm(y, sr)
+        found, _ = estimate_key(y, sr)
+        tv, kv = tempo_verdict(bpm, bpm_true), key_verdict(found, key_true)
+        tempo[tv] += 1
+        key[kv] += 1
+        if tv != "hit" or kv != "exact":
+            failures.append((name, bpm, found, key_true, tv, kv))
+    n = sum(tempo.values())
+    return {"n": n, "tempo_hit": tempo["hit"] / n, "tempo_octave": tempo["octave"] / n,
+            "tempo_miss": tempo["miss"] / n, "tempo_hit_or_octave": (tempo["hit"] + tempo["octave"]) / n,
+            "key_exact": key["exact"] / n, **{f"key_{k}": v / n for k, v in key.items() if k != "exact"},
+            "failures": failures}
 
 
 def rows(quick: bool) -> list[tuple[str, str, float, str]]:
@@ -170,11 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=120)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hard", action="store_true", help="the harder set (grooves, modes, silence, demo songs)")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
-    r = evaluate(make_cases(a.clips, a.seconds, a.seed))
+    if a.hard:
+        r = evaluate(make_hard_cases(a.clips, a.seconds, a.seed), demo_clips())
+        what = f"{a.clips} hard clips of {a.seconds:g} s (+1.5 s silence on a third) + 8 demo clips"
+    else:
+        r = evaluate(make_cases(a.clips, a.seconds, a.seed))
+        what = f"{r['n']} clips of {a.seconds:g} s, 60-180 BPM, all 24 keys"
     dt = time.perf_counter() - t0
-    print(f"{r['n']} clips of {a.seconds:g} s, 60-180 BPM, all 24 keys ({dt:.0f} s, {dt / r['n']:.2f} s/clip)")
+    print(f"{what} ({dt:.0f} s, {dt / r['n']:.2f} s/clip)")
     print("| metric | rate | goal |")
     print("|---|---|---|")
     print(f"| tempo within 2 BPM | {r['tempo_hit']:.1%} | |")
@@ -182,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| tempo hit or octave | {r['tempo_hit_or_octave']:.1%} | {GOAL_TEMPO:.0%} |")
     print(f"| tempo miss | {r['tempo_miss']:.1%} | |")
     print(f"| key exact | {r['key_exact']:.1%} | {GOAL_KEY:.0%} |")
-    for c, bpm, key, truth, verdict in r["failures"][:20]:
-        print(f"  miss: true {c.bpm:.1f} BPM {truth} drums={c.drums} -> {bpm and round(bpm, 1)} BPM ({verdict}), {key}",
-              file=sys.stderr)
+    for k in ("relative", "parallel", "fifth", "other"):
+        print(f"| key: {k} {'key' if k != 'other' else 'wrong'} | {r['key_' + k]:.1%} | |")
+    for name, bpm, key, truth, tv, kv in r["failures"][:30]:
+        print(f"  {name}, {truth} -> {bpm and round(bpm, 1)} BPM ({tv}), {key} ({kv})", file=sys.stderr)
     ok = r["tempo_hit_or_octave"] >= GOAL_TEMPO and r["key_exact"] >= GOAL_KEY
     return 0 if ok else 1
 

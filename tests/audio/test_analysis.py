@@ -80,3 +80,26 @@ def test_bpm_key_accuracy_goals_on_subset():
     print({k: v for k, v in r.items() if k != "failures"})
     assert r["tempo_hit_or_octave"] >= bench.GOAL_TEMPO, r["failures"]
     assert r["key_exact"] >= bench.GOAL_KEY, r["failures"]
+
+
+def test_demo_songs_come_out_as_generated():
+    """The demo's clips (what `acetune demo` and `caption --no-tags` analyse) at the demo's lengths:
+    the lofi clip is 80 BPM A minor (it used to read 160 BPM F major), every key is exact."""
+    bench = _bench()
+    for name, y, sr, bpm, key in bench.demo_clips(seconds=(5.0,)):
+        assert bench.tempo_verdict(estimate_bpm(y, sr), bpm) == "hit", name
+        assert estimate_key(y, sr)[0] == key, name
+
+
+def test_silence_at_the_ends_changes_nothing():
+    bench = _bench()
+    name, y, sr, bpm, key = bench.demo_clips(seconds=(5.0,))[0]
+    padded = np.concatenate([np.zeros(2 * sr, np.float32), y, np.zeros(2 * sr, np.float32)])
+    assert bench.tempo_verdict(estimate_bpm(padded, sr), bpm) == "hit" and estimate_key(padded, sr)[0] == key
+
+
+def test_key_verdicts():
+    bench = _bench()
+    assert bench.key_verdict("C major", "A minor") == "relative" == bench.key_verdict("A minor", "C major")
+    assert bench.key_verdict("A major", "A minor") == "parallel"
+    assert bench.key_verdict("F major", "C major") == "fifth" and bench.key_verdict("Eb major", "C major") == "other"

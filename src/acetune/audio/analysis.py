@@ -43,7 +43,7 @@ SCALE_FROM_OCTAVE = 2  # the scale chroma uses C3 and up; below is the bass, whi
 TONIC_WEIGHT = 0.4  # weight of the bass's tonic evidence against the profile correlation (benchmarks/bpm_key_accuracy.py)
 BPM_RANGE = (30.0, 300.0)  # what ACE-Step 1.5 accepts for `bpm`
 LIKELY_BPM = (70.0, 180.0)  # where most songs' beats are felt: the prior `likely_octave` applies
-HALF_TIME_ACCENT = 1.5  # every-other-beat onset ratio above which the slower level is the beat
+HALF_TIME_ACCENT = 1.15  # every-other-beat onset ratio above which the slower level is the beat
 MIN_LOUDNESS_SECONDS = 0.4  # one BS.1770 gating block
 
 
