@@ -30,8 +30,8 @@ def test_generate_length_rule():
 
 
 def test_window_lengths_in_seconds():
-    """docs/train.md (Recipes: songs longer than 95 s are encoded in windows), docs/generate.md (47.5 s)."""
-    assert math.floor(ENCODE_WINDOW * LATENT_FRAME_S) == 95
+    """docs/train.md and docs/preprocess.md (songs longer than 47.5 s are encoded in windows), docs/generate.md."""
+    assert ENCODE_WINDOW == DCAE_WINDOW
     assert round(DCAE_WINDOW * LATENT_FRAME_S, 1) == 47.6 and DCAE_WINDOW * LATENT_FRAME_S > 47.5
 
 

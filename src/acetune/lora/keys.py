@@ -223,7 +223,8 @@ def parse_key(key: str, modules: Iterable[str] | None = None) -> tuple[str, str]
 
 # ACE-Step 1.5's decoder layers (`layers.N.self_attn.q_proj`, diffusers `transformer.layers.N...`) and LoKr
 # factors: names no v1 module has.
-_V15_KEY = re.compile(r"(^|\.)layers\.\d+\.(self_attn|cross_attn|mlp)\.|\.lokr_w[12]")
+# 1.5 decoder module names, dotted or LyCORIS/kohya-underscored (a LoKr suffix alone says nothing of the family)
+_V15_KEY = re.compile(r"(^|[._])layers[._]\d+[._](self_attn|cross_attn|mlp)[._]")
 
 
 def split_modules(state_dict: Mapping[str, torch.Tensor], path=None,

@@ -56,6 +56,9 @@ def slaney_mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int,
     Returns:
         (n_freqs, n_mels) tensor; spectrogram (..., n_freqs, F) maps to mel by `fb.T @ spec`.
     """
+    # explicit: torch's device context caches its list of factory functions, and a library that patched
+    # torch.linspace when that cache was first filled (seen after transformers' CLAP loading) drops it
+    device = torch.get_default_device() if device is None else device
     bin_hz = torch.linspace(0, sample_rate // 2, n_freqs, device=device)[:, None]  # (n_freqs, 1)
     edges = mel_to_hz_slaney(torch.linspace(hz_to_mel_slaney(f_min), hz_to_mel_slaney(f_max), n_mels + 2, device=device))
     lower, peak, upper = edges[:-2], edges[1:-1], edges[2:]  # (n_mels,) each
