@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from acetune.errors import InputError
+from acetune.errors import InputError, UsageError
 from acetune.lora import keys as lk
 from acetune.lora.check import check_finite
 
@@ -189,3 +190,33 @@ def read_lora(path: str | Path, config_path: str | Path | None = None, *,
             scale = 1.0
         modules[name] = LoraModule(a, b, scale, parts.get(lk.MAGNITUDE), parts.get(lk.DORA_SCALE))
     return LoraFile(path, modules, config, source)
+
+
+def _same_safetensors(a: Path, b: Path) -> bool:
+    """Same tensors and metadata (the header's key order is not stable, so bytes can differ)."""
+    try:
+        with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
+            return (fa.metadata() == fb.metadata() and sorted(fa.keys()) == sorted(fb.keys())
+                    and all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys()))
+    except Exception:  # not a safetensors file: something else
+        return False
+
+
+def save_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict, overwrite: bool = True) -> Path:
+    """Write a LoRA file atomically (temp + rename; the temp goes on every exit path).
+
+    `overwrite=False` refuses to replace an existing file with other content (the same content is fine).
+    """
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        if not overwrite and path.exists() and not (path.is_file() and _same_safetensors(tmp, path)):
+            raise UsageError("exists and holds something else", path=path,
+                             fix="pass --overwrite to replace it, or choose another --output_name")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from acetune import hub
 from acetune.cli import arg
@@ -40,6 +39,7 @@ from acetune.lora.file import (
     peft_scale,
     read_adapter_config,
     read_lora,
+    save_lora_file,
 )
 from acetune.lora.import_15 import looks_like_v15, resolve_adapter_file
 from acetune.lora.merge import merge_into_transformer, resolve_transformer_dir
@@ -202,26 +202,7 @@ def write_lora(path: Path, modules: dict[str, LoraModule], style: str, write_alp
         tensors[name] = parts
     metadata = dict(lk.SAVED_METADATA)
     metadata[lk.ADAPTER_METADATA_KEY] = json.dumps(config, sort_keys=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(lk.build_state_dict(tensors, style), str(tmp), metadata=metadata)
-        if not overwrite and path.exists() and not (path.is_file() and _same_safetensors(tmp, path)):
-            raise UsageError("exists and holds something else", path=path,
-                             fix="pass --overwrite to replace it, or choose another --output_name")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _same_safetensors(a: Path, b: Path) -> bool:
-    """Same tensors and metadata (the header's key order is not stable, so bytes can differ)."""
-    try:
-        with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
-            return (fa.metadata() == fb.metadata() and sorted(fa.keys()) == sorted(fb.keys())
-                    and all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys()))
-    except Exception:  # not a safetensors file: something else
-        return False
+    save_lora_file(path, lk.build_state_dict(tensors, style), metadata, overwrite)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ from acetune.errors import CheckpointError, UsageError
 from acetune.lora import keys as lk
 from acetune.lora.check import check_widths, weight_shapes
 from acetune.lora.dora import dora_scale_for_comfyui, read_base_weights
+from acetune.lora.file import save_lora_file
 from acetune.lora.import_15 import ACETUNE_FAMILY_METADATA, LAYOUT_SAVED, Adapter15, read_adapter_15
 from acetune.models.v15.layout import MODEL_INDEX_FILE, TRANSFORMER_DIR
 from acetune.models.v15.schema import FAMILY_NAME
@@ -119,25 +119,6 @@ def comfyui_tensors(adapter: Adapter15, style: str, write_alpha: bool,
         elif lk.DORA_SCALE in parts:  # already ComfyUI's form
             out[f"{prefix}.{lk.DORA_SCALE}"] = parts[lk.DORA_SCALE].float().reshape(-1, 1).contiguous()
     return out
-
-
-def _save(tensors: dict, path: Path, metadata: dict, overwrite: bool = True) -> Path:
-    """Write atomically; `overwrite=False` refuses to replace a file with other content (as v1's `write_lora`)."""
-    from safetensors.torch import save_file
-
-    from acetune.stages.export import _same_safetensors
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        if not overwrite and path.exists() and not (path.is_file() and _same_safetensors(tmp, path)):
-            raise UsageError("exists and holds something else", path=path,
-                             fix="pass --overwrite to replace it, or choose another --output_name")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def lora_modules(adapter: Adapter15) -> dict:
@@ -232,7 +213,7 @@ def export(args, path: Path, default_output) -> int:
         out = out / "pytorch_lora_weights_comfyui.safetensors"
     if out.resolve() == adapter.path.resolve():
         raise UsageError("--output_name is the input file", path=out, fix="choose another output name")
-    _save(comfyui_tensors(adapter, fmt, args.write_alpha, base), out, COMFYUI_METADATA, args.overwrite)
+    save_lora_file(out, comfyui_tensors(adapter, fmt, args.write_alpha, base), COMFYUI_METADATA, args.overwrite)
     scales = sorted({round(s, 6) for s in adapter.scales.values()})
     how = ".alpha per module" if args.write_alpha else f"scale {', '.join(f'{s:g}' for s in scales)} baked"
     print(f"read {what}; wrote {out} ({fmt} keys for ComfyUI, {how}"
