@@ -233,9 +233,9 @@ def test_stages_train_monitor_stop_resume_export(browser, server, studio_env):
     assert run["status"] == "finished", run
     assert (work / "prep").is_dir()
 
-    # 40 steps: the stop below lands after a few seconds of training, well before the end even on an idle
+    # 200 steps: the stop below lands after a few seconds of training, well before the end even on an idle
     # machine (a tiny step takes 0.1-1.5 s); the same command must resume (a changed one is refused)
-    steps = 40
+    steps = 200
     values = {"checkpoint_dir": str(env["model"]), "lora_config_path": str(env["lora"]), "device": "cpu",
               "precision": "32", "max_steps": str(steps), "every_n_train_steps": "1", "logger": "none",
               "learning_rate": "0.005", "warmup_steps": "1", "validation_prompt": RIVER.prompt,

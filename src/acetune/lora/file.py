@@ -205,7 +205,7 @@ def _same_safetensors(a: Path, b: Path) -> bool:
 def save_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict, overwrite: bool = True) -> Path:
     """Write a LoRA file atomically (temp + rename; the temp goes on every exit path).
 
-    `overwrite=False` refuses to replace an existing file with other content (the same content is fine).
+    A file with the same content is left as it is; `overwrite=False` refuses to replace one with other content.
     """
     from safetensors.torch import save_file
 
@@ -213,7 +213,9 @@ def save_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict,
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
-        if not overwrite and path.exists() and not (path.is_file() and _same_safetensors(tmp, path)):
+        if path.is_file() and _same_safetensors(tmp, path):
+            return path  # the same content is there already: leave the file (and its bytes) alone
+        if not overwrite and path.exists():
             raise UsageError("exists and holds something else", path=path,
                              fix="pass --overwrite to replace it, or choose another --output_name")
         os.replace(tmp, path)
