@@ -16,6 +16,7 @@ from test_preprocess import build, make_songs, rows_by_key
 from test_weight_checks import make_lora
 
 from acetune.cli import run_command
+from acetune.lora import file as lora_file
 from acetune.training import checkpoint as ckpt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
@@ -62,10 +63,9 @@ def test_build_dataset_output_is_a_file_or_read_only(tmp_path, monkeypatch, caps
 
 def test_export_and_generate_into_read_only_folders(tiny_ckpt, tmp_path, monkeypatch, capsys):
     from acetune.audio import io as audio_io
-    from acetune.stages import export
 
     lora = make_lora(tmp_path / "step-000001", tiny_ckpt)
-    monkeypatch.setattr(export, "save_file", raise_os_error(errno.EROFS, "Read-only file system"))
+    monkeypatch.setattr(lora_file, "save_file", raise_os_error(errno.EROFS, "Read-only file system"))
     out = tmp_path / "ro" / "style.safetensors"
     assert run_command("export", ["--input_name", str(lora), "--output_name", str(out)]) == 1
     assert one_error(capsys).endswith(READ_ONLY) and not out.exists() and hidden(tmp_path) == []

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from acetune.errors import InputError, UsageError
 from acetune.lora import keys as lk
@@ -207,8 +208,6 @@ def save_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict,
 
     A file with the same content is left as it is; `overwrite=False` refuses to replace one with other content.
     """
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
