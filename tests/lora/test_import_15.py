@@ -367,3 +367,22 @@ def test_checkpoint_dir_checks_widths(tiny, tmp_path, capsys):
                                   str(wider.parent), "--output_name", str(tmp_path / "no.safetensors")]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "features" in err and not (tmp_path / "no.safetensors").exists()
+
+
+def test_no_model_known_checks_blocks_agree_and_warns_of_an_unreleased_width(tiny, tmp_path, capsys, caplog):
+    tree, _ = tiny
+    source, _ = _official(tree, tmp_path)
+    weights = source / "adapter_model.safetensors"
+    with caplog.at_level("WARNING"):  # tiny width: written, with a warning naming the released widths
+        export("--input_name", weights, "--format", "comfyui", "--output_name", tmp_path / "ok.safetensors")
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "no released ACE-Step 1.5 model has (2048 2B, 2560 XL)" in warned and "--checkpoint_dir" in warned
+    sd = load_file(str(weights))
+    odd = sorted(k for k in sd if ".layers.1." in k and "lora_A" in k)[0]
+    sd[odd] = torch.ones(sd[odd].shape[0], 133)
+    save_file(sd, str(weights))
+    capsys.readouterr()
+    out = tmp_path / "no.safetensors"
+    assert run_command("export", ["--input_name", str(weights), "--format", "comfyui", "--output_name", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "maps 133 ->" in err and "modules map" in err and not out.exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from acetune.cli import run_command
 from acetune.lora import keys as lk
@@ -99,6 +99,30 @@ def test_lora_whose_widths_fit_no_layer_is_refused_before_writing(tiny_ckpt, tmp
     assert run_command("generate", ["--checkpoint_dir", str(tiny_ckpt), "--prompt", "pop", "--duration", "1",
                                     "--steps", "2", "--lora", str(lora), "--output", str(tmp_path / "s.wav")]) == 1
     assert "transformer_blocks.0.attn.to_q" in error_line(capsys) and not (tmp_path / "s.wav").exists()
+
+
+def test_lora_with_no_model_known_is_checked_against_its_own_blocks_and_the_release(tiny_ckpt, tmp_path, capsys,
+                                                                                     caplog):
+    out = tmp_path / "out.safetensors"
+    # one module made for another size: the other blocks' shapes give it away, no model needed
+    lora = make_lora(tmp_path / "odd", tiny_ckpt)
+    (lora / "train_config.json").unlink()
+    tensors = load_file(lora / lk.LORA_WEIGHTS_FILE)
+    rank = tensors[lk.saved_key(BAD_MODULE, lk.LORA_A)].shape[0]
+    tensors[lk.saved_key(BAD_MODULE, lk.LORA_A)] = torch.ones(rank, 133)
+    save_file(tensors, lora / lk.LORA_WEIGHTS_FILE, metadata=lk.SAVED_METADATA)
+    capsys.readouterr()
+    assert run_command("export", ["--input_name", str(lora), "--output_name", str(out)]) == 1
+    line = error_line(capsys)
+    assert f"LoRA module '{BAD_MODULE}' maps 133 ->" in line and "'transformer_blocks.*.attn.to_v' modules" in line
+    assert not out.exists()
+    # every block alike but of another size than the release: written, with a warning naming the mismatch
+    lora = make_lora(tmp_path / "small", tiny_ckpt)
+    (lora / "train_config.json").unlink()
+    with caplog.at_level("WARNING"):
+        assert run_command("export", ["--input_name", str(lora), "--output_name", str(out)]) == 0
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "the released ACE-Step v1 3.5B" in warned and "--checkpoint_dir" in warned and out.exists()
 
 
 @pytest.mark.parametrize("value", [float("nan"), 1.0, 0.0])

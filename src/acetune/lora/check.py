@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -80,6 +81,25 @@ def check_widths(pairs: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]], s
             raise InputError(f"LoRA module {name!r} maps {a[1]} -> {b[0]} features but the model's layer is "
                              f"{weight[1] if len(weight) == 2 else weight} -> {weight[0]} (in {model})", path=path,
                              fix="this LoRA was made for a model of another size; use the matching model")
+
+
+def check_consistent(pairs: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]],
+                     path: str | os.PathLike | None) -> None:
+    """Without a model to check against: modules that differ only in their block number must share one shape
+    (a model's blocks are identical), so one module made for another size is refused, naming it."""
+    groups: dict[str, dict[tuple, list[str]]] = {}
+    for name, (a, b) in pairs.items():
+        pattern = re.sub(r"\.\d+\.", ".*.", name)
+        groups.setdefault(pattern, {}).setdefault((a[1], b[0]), []).append(name)
+    for pattern, by_shape in sorted(groups.items()):
+        if len(by_shape) > 1:
+            common = max(by_shape, key=lambda s: len(by_shape[s]))
+            odd = sorted(n for s, names in by_shape.items() if s != common for n in names)
+            shape = next(s for s in by_shape if s != common)
+            raise InputError(f"LoRA module {odd[0]!r} maps {shape[0]} -> {shape[1]} features but the other "
+                             f"{len(by_shape[common])} {pattern!r} modules map {common[0]} -> {common[1]}",
+                             path=path, fix="the file is damaged or mixes two models; re-export it from the "
+                                            "training checkpoint")
 
 
 def check_render(wav: torch.Tensor, out: str | os.PathLike) -> None:

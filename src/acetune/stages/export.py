@@ -26,10 +26,10 @@ from safetensors import safe_open
 
 from acetune import hub
 from acetune.cli import arg
-from acetune.errors import CheckpointError, UsageError
+from acetune.errors import CheckpointError, InputError, UsageError
 from acetune.layout import V1_TRANSFORMER_DIR
 from acetune.lora import keys as lk
-from acetune.lora.check import check_finite, check_widths, weight_shapes
+from acetune.lora.check import check_consistent, check_finite, check_widths, weight_shapes
 from acetune.lora.dora import with_comfyui_dora_scale
 from acetune.lora.file import (
     NO_SCALE_BAKED,
@@ -235,6 +235,16 @@ def model_for_widths(checkpoint_dir: str | None, lora_path: Path) -> Path | None
         return None
 
 
+def official_v1_shapes() -> dict[str, tuple[int, ...]]:
+    """Layer shapes of the released v1 transformer (its config is the class defaults), built on the meta device:
+    nothing is downloaded or allocated."""
+    from acetune.models.v1.transformer import ACEStepTransformer2DModel
+
+    with torch.device("meta"):
+        model = ACEStepTransformer2DModel()
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
 def trained_family(path: Path):
     """The model family a training checkpoint's `train_config.json` (beside the weights) names, else None."""
     from acetune.models.family import get_family
@@ -278,9 +288,14 @@ def run(args: Args) -> int:
     if model is not None:
         check_widths({n: (tuple(m.a.shape), tuple(m.b.shape)) for n, m in modules.items()}, weight_shapes(model),
                      path, model)
-    else:
-        logger.warning("%s: layer widths not checked (no train_config.json beside it): pass --checkpoint_dir "
-                       "to check them against the model", path)
+    else:  # no model named anywhere: the released model's widths, and blocks that agree with each other
+        pairs = {n: (tuple(m.a.shape), tuple(m.b.shape)) for n, m in modules.items()}
+        check_consistent(pairs, path)
+        try:
+            check_widths(pairs, official_v1_shapes(), path, "the released ACE-Step v1 3.5B")
+        except InputError as err:  # a LoRA of another size may be right for its own model: say it, go on
+            logger.warning("%s: %s (no train_config.json beside it; pass --checkpoint_dir to check it against the "
+                           "model it was trained on)", path, err.reason)
     for_comfyui = args.format != "peft" or args.bake_alpha or args.write_alpha
     if any(m.dora for m in modules.values()):
         refused = [msg for bad, msg in (

@@ -19,6 +19,7 @@ kohya or acetune layout; scale from `.alpha`, config or flags). Outputs:
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -26,14 +27,16 @@ import torch
 
 from acetune.errors import CheckpointError, UsageError
 from acetune.lora import keys as lk
-from acetune.lora.check import check_widths, weight_shapes
+from acetune.lora.check import check_consistent, check_widths, weight_shapes
 from acetune.lora.dora import dora_scale_for_comfyui, read_base_weights
 from acetune.lora.file import save_lora_file
 from acetune.lora.import_15 import ACETUNE_FAMILY_METADATA, LAYOUT_SAVED, Adapter15, read_adapter_15
 from acetune.models.v15.layout import MODEL_INDEX_FILE, TRANSFORMER_DIR
 from acetune.models.v15.schema import FAMILY_NAME
+from acetune.models.v15.variant import RELEASED_WIDTHS
 
 # Metadata of every ComfyUI-layout file we write: read back, its scale is known to be baked / in .alpha.
+logger = logging.getLogger(__name__)
 COMFYUI_METADATA = {"format": "pt", ACETUNE_FAMILY_METADATA: FAMILY_NAME}
 
 
@@ -183,7 +186,7 @@ def export(args, path: Path, default_output) -> int:
     problems = _refusals(args, adapter, fmt)
     if problems:
         raise UsageError("; ".join(problems), path=path)
-    size = {2048: " (1.5 2B)", 2560: " (1.5 XL)"}.get(adapter.width, "")
+    size = f" (1.5 {RELEASED_WIDTHS[adapter.width]})" if adapter.width in RELEASED_WIDTHS else ""
     what = f"{'LoKr' if adapter.kind == 'lokr' else 'DoRA' if adapter.dora else 'LoRA'} ({len(adapter.modules)} " \
            f"modules, decoder width {adapter.width}{size}, {adapter.layout}, scale from {adapter.scale_source})"
     if args.resize is not None or args.resize_energy is not None:
@@ -193,11 +196,17 @@ def export(args, path: Path, default_output) -> int:
     base = None
     if args.checkpoint_dir and any(lk.MAGNITUDE in p for p in adapter.modules.values()):
         base = base_weights(adapter, args.checkpoint_dir)  # DoRA: dora_scale needs the values
-    elif args.checkpoint_dir:  # widths only, from the safetensors headers
-        folder = resolve_transformer_dir(args.checkpoint_dir)
+    else:
         pairs = {lk.v15_diffusers_module(m): ((1, cols), (rows, 1)) for m, (rows, cols) in
                  ((m, delta_shape(adapter.modules[m])) for m in adapter.modules)}  # check_widths' (A, B) shapes
-        check_widths(pairs, weight_shapes(folder), adapter.path, folder)
+        check_consistent(pairs, adapter.path)
+        if args.checkpoint_dir:  # widths only, from the safetensors headers
+            folder = resolve_transformer_dir(args.checkpoint_dir)
+            check_widths(pairs, weight_shapes(folder), adapter.path, folder)
+        elif adapter.width not in RELEASED_WIDTHS:  # may be right for its own model: say it, go on
+            logger.warning("%s: the LoRA's decoder width is %s, which no released ACE-Step 1.5 model has (%s); "
+                           "pass --checkpoint_dir to check it against the model it was trained on", adapter.path,
+                           adapter.width, ", ".join(f"{w} {n}" for w, n in RELEASED_WIDTHS.items()))
     if fmt == "peft":
         out = Path(args.output_name) if args.output_name else default_output("_diffusers", "")
         target = out if out.suffix == ".safetensors" else out / lk.LORA_WEIGHTS_FILE

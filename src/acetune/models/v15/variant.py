@@ -20,6 +20,7 @@ from acetune.models.v15.layout import TRANSFORMER_DIR
 from acetune.models.v15.objective import VARIANTS
 
 CONFIG_FILE = "config.json"
+RELEASED_WIDTHS = {2048: "2B", 2560: "XL"}  # decoder hidden_size of the released DiTs
 _HUB_CACHE = re.compile(r"models--([^/\\]+)--([^/\\]+)[/\\]snapshots[/\\]")
 
 
