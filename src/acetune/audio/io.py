@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from acetune.audio.library_messages import attributed_to
 from acetune.audio.resample import resample
 from acetune.errors import InputError
 
@@ -176,7 +177,8 @@ def decode(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     errors = []
     for reader in ((_decode_soundfile, _decode_pyav) if _use_soundfile(path) else (_decode_pyav,)):
         try:
-            wav, sr = reader(path)
+            with attributed_to(path):  # libraries' own messages, re-said naming this file
+                wav, sr = reader(path)
         except InputError as e:
             errors.append(e.reason)
             continue
