@@ -4,7 +4,8 @@ Reads the dataset `acetune build-dataset` wrote and writes a preprocessed datase
 `acetune.dataset.schema`) of DCAE latents, K prompt-variant text embeddings, lyric ids, speaker embedding
 and optional MERT / mHuBERT SSL targets, in 16-bit by default. Output is written part by part:
 a rerun skips finished songs (same key, file size and mtime), Ctrl-C or a crash loses at most the
-part in progress, and `--num_shards/--shard_index` split the work over machines (`--merge` joins
+part in progress. Under `accelerate launch` / `torchrun` the processes split the songs and write
+into one output; `--num_shards/--shard_index` split them over scheduler jobs (`--merge` joins
 their outputs). Bad songs are reported and skipped; the exit code is non-zero only with --strict.
 See docs/preprocess.md.
 """
@@ -24,7 +25,7 @@ from acetune.cli import arg
 from acetune.dataset import schema
 from acetune.dataset.song import SongRecord, resolve_filename
 from acetune.errors import InputError, UsageError
-from acetune.preprocessing import pipeline, ssl, store
+from acetune.preprocessing import distributed, pipeline, ssl, store
 from acetune.progress import progress
 from acetune.report import Report
 
@@ -33,7 +34,8 @@ EXAMPLES = """examples:
   acetune preprocess --input_name ./songs_filenames --output_name ./songs_prep --checkpoint_dir ./ACE-Step-v1-3.5B
   python preprocess_dataset_new.py --input_name ./songs_filenames --output_name ./songs_prep --checkpoint_dir ./ckpt
   acetune preprocess ... --mert_dir mert --trust_remote_code --mhubert_dir utter-project/mHuBERT-147
-  acetune preprocess ... --num_shards 4 --shard_index 0        # one of four machines
+  accelerate launch --num_processes 4 -m acetune preprocess --input_name ./songs_filenames --output_name ./songs_prep --checkpoint_dir v1
+  acetune preprocess ... --num_shards 4 --shard_index 0        # one of four scheduler jobs (e.g. a SLURM array)
   acetune preprocess --merge ./prep_0 ./prep_1 --output_name ./songs_prep
 """
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -69,8 +71,11 @@ class Args:
     mhubert_dir: Path | None = arg(None, help="mHuBERT-147 folder or Hub id (`mhubert`): store its SSL targets")
     trust_remote_code: bool = arg(False, help="allow an SSL model folder's own Python code to run (MERT needs it)")
     ssl_batch_size: int = arg(8, help="SSL chunks per forward pass (does not change results)")
-    num_shards: int = arg(1, help="split the songs into this many disjoint shards (one per machine/GPU)")
+    num_shards: int = arg(1, help="split the songs into this many disjoint shards, one per scheduler job (under "
+                                  "accelerate launch / torchrun the processes also split each shard)")
     shard_index: int = arg(0, help="which shard this run encodes (0-based)")
+    rank_timeout: float = arg(30.0, help="under accelerate launch / torchrun: minutes a process waits for the others "
+                                         "while none of them finishes a part, before it stops with an error")
     part_size: int = arg(16, help="songs per written part (the most work a crash can lose)")
     num_workers: int = arg(2, help="audio decoding threads")
     merge: list[Path] = arg(help="merge mode: copy the songs of these preprocessed outputs into --output_name",
@@ -95,6 +100,8 @@ class Args:
         problems = []
         if not 0 <= self.shard_index < self.num_shards:
             problems.append(f"--shard_index must be in 0..{self.num_shards - 1}")
+        if self.rank_timeout <= 0:
+            problems.append("--rank_timeout must be > 0")
         if self.prompt_variants < 1 or self.part_size < 1 or self.ssl_batch_size < 1 or self.num_workers < 0:
             problems.append("--prompt_variants, --part_size and --ssl_batch_size must be >= 1, --num_workers >= 0")
         if self.max_duration < 0:
@@ -107,9 +114,10 @@ class Args:
             raise UsageError("; ".join(problems), fix="see `acetune preprocess --help`")
 
 
-def resolve_device(args: Args) -> tuple[torch.device, torch.dtype]:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+def resolve_device(args: Args, launched: torch.device | None = None) -> tuple[torch.device, torch.dtype]:
+    """`launched`: the device a launcher gave this process (used with --device auto)."""
+    device = launched or torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                                      ("cpu" if args.device == "auto" else args.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: this torch has no CUDA device", fix="use --device cpu")
     if args.dtype != "auto":
@@ -158,12 +166,7 @@ def read_songs(path: Path, report: Report) -> list[SongRecord]:
 
 def shard(songs: list[SongRecord], num_shards: int, index: int) -> list[SongRecord]:
     """This shard's songs, by `datasets.Dataset.shard` (contiguous) on the unique song order."""
-    from datasets import Dataset
-
-    if num_shards == 1:
-        return songs
-    picked = Dataset.from_dict({"i": list(range(len(songs)))}).shard(num_shards, index, contiguous=True)["i"]
-    return [songs[i] for i in picked]
+    return distributed.contiguous(songs, num_shards, index)
 
 
 def build_meta(args: Args, family, ssl_names: tuple[str, ...], dtype: torch.dtype, device: torch.device,
@@ -238,37 +241,60 @@ def run(args: Args) -> int:
         return run_merge(args)
     import datasets
 
+    datasets.disable_progress_bars()  # ours is enough
+    # one process, or one rank of an `accelerate launch` / `torchrun` (docs/preprocess.md)
+    launch = distributed.Launch.from_env(args.num_shards, args.shard_index, args.device, args.rank_timeout)
+    with launch.guard():  # an error on this rank reaches the others: none waits for it
+        return encode(args, launch)
+
+
+def encode(args: Args, launch: distributed.Launch) -> int:
     from acetune.models.family import check_family, get_family
 
-    datasets.disable_progress_bars()  # ours is enough
     report = Report("preprocess")
     family = get_family(args.family)
     sources = hub.resolve_args(args, checkpoint_dir="preprocess", mert_dir="all", mhubert_dir="all")
     check_family(args.checkpoint_dir, family)
     # names the first missing file, before any work (only the parts preprocess reads)
     family.check_checkpoint(args.checkpoint_dir, components=hub.stage_components(family.name, "preprocess"))
-    device, dtype = resolve_device(args)
-    songs = shard(read_songs(args.input_name, report), args.num_shards, args.shard_index)
+    device, dtype = resolve_device(args, launch.device)
+    split = launch.split
+    all_songs = read_songs(args.input_name, report)
+    songs = split.rank_songs(all_songs)
     encoders = load_encoders(args, family, dtype)
     meta = build_meta(args, family, encoders.ssl_names, dtype, device, sources)
+    meta.settings.update(split.settings())
     out = args.output_name
-    prepare_output(out, meta, args.overwrite)
-    tag = store.shard_tag(args.num_shards, args.shard_index)
-    store.recover(out, tag)
-    done = store.index_rows(out) if out.exists() else {}
-    todo, stale = plan(songs, done, out)
+    done, changed = None, 0
+    if launch.is_main:  # the one process that changes what the output already holds
+        prepare_output(out, meta, args.overwrite)
+        launch.prepare(out, args.dry_run)
+        done = store.index_rows(out) if out.exists() else {}
+        _, stale = plan(split.shard_songs(all_songs), done, out)
+        changed = len(set().union(*stale.values()))
+        for keys in stale.values():
+            for key in keys:
+                done.pop(key, None)
+        if not args.dry_run:
+            for part, keys in stale.items():
+                store.drop_songs(part, keys)
+            meta.save(out.mkdir(parents=True, exist_ok=True) or out)
+    launch.start(out, args.dry_run)  # every rank ready, or all stop with the first error
+    if done is None:
+        done = store.index_rows(out) if out.exists() else {}
+    todo, _ = plan(songs, done, out)
     report.set("songs in this shard", len(songs))
     report.set("already done (skipped)", len(songs) - len(todo))
-    print(f"preprocess: {len(songs)} songs in shard {args.shard_index + 1}/{args.num_shards}, {len(todo)} to encode "
-          f"({len(stale)} changed since last run); device {device}, {str(dtype)[6:]}, stored as {args.storage_dtype}, "
-          f"{args.prompt_variants} prompt variants, SSL: {', '.join(encoders.ssl_names) or 'off'}", file=sys.stderr)
+    where = f"shard {args.shard_index + 1}/{args.num_shards}"
+    if launch.distributed:
+        where += f", {launch.rank_name()}"
+    print(f"preprocess: {len(songs)} songs in {where}, {len(todo)} to encode ({changed} changed since last run); "
+          f"device {device}, {str(dtype)[6:]}, stored as {args.storage_dtype}, {args.prompt_variants} prompt variants, "
+          f"SSL: {', '.join(encoders.ssl_names) or 'off'}", file=sys.stderr)
     if args.dry_run:
         for song in todo:
             print(f"would encode {song.keys}\t{song.filename}")
         return report.exit_code(args.strict)
-    for part, keys in stale.items():
-        store.drop_songs(part, keys)
-    meta.save(out.mkdir(parents=True, exist_ok=True) or out)
     settings = pipeline.Settings(device=device, storage_dtype=args.storage_dtype, prompt_variants=args.prompt_variants,
                                  seed=args.seed, max_duration=args.max_duration or None, split=args.split,
                                  split_overlap=args.split_overlap, loudness_lufs=args.loudness_lufs,
@@ -282,29 +308,49 @@ def run(args: Args) -> int:
                 part_rows = getattr(family, "encode_part", pipeline.encode_part)(
                     todo[i:i + args.part_size], encoders, settings, report, on_song=lambda: bar.update(1))
                 if part_rows:
-                    store.write_part(out, tag, part_rows, encoders.ssl_names)
+                    store.write_part(out, split.tag, part_rows, encoders.ssl_names)
                     rows += len(part_rows)
                     report.count("songs encoded", sum(r[schema.WINDOW] == 0 for r in part_rows))
                     report.count("audio encoded (s)", sum(r[schema.DURATION] for r in part_rows))
+                    launch.part_written()
                 if stopping.stop_requested():
                     break
     except KeyboardInterrupt:  # a second signal: parts are written by rename, so every finished part is whole
         bar.close()
+        launch.finish(report, rows, stopped=True)
         report.print_summary()
         print(f"Aborted: the {rows} rows of finished parts are kept; continue with: "
               f"{stopping.command_line(cli.invocation())}", file=sys.stderr)
         return stopping.exit_code()
     bar.close()
     if stopping.stop_requested():
+        launch.finish(report, rows, stopped=True)
         report.print_summary()
         print(f"Stopped by {stopping.signal_name()}: {rows} rows written, the part in progress was finished; "
               f"continue with: {stopping.command_line(cli.invocation())}", file=sys.stderr)
         return stopping.exit_code()
-    code = finish(args, report, rows, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if launch.distributed:
+        if todo and not rows:
+            report.print_summary()
+            raise nothing_encoded(args, len(todo))
+        results = launch.finish(report, rows)  # waits for every rank; one line if one failed
+        if not launch.is_main:
+            print(f"preprocess: {launch.rank_name()} wrote {rows} rows; rank 0 prints the summary of all ranks",
+                  file=sys.stderr)
+            return report.exit_code(args.strict)
+        rows = launch.combine(report, results)
+        distributed.check_order(out, split.shard_songs(all_songs), report)
+        launch.cleanup()
+    code = finish(args, report, rows, seconds)
     if todo and not rows:
-        raise InputError(f"none of the {len(todo)} songs could be encoded, nothing was written", path=args.input_name,
-                         fix="fix the problems listed above and run again")
+        raise nothing_encoded(args, len(todo))
     return code
+
+
+def nothing_encoded(args: Args, count: int) -> InputError:
+    return InputError(f"none of the {count} songs could be encoded, nothing was written", path=args.input_name,
+                      fix="fix the problems listed above and run again")
 
 
 def plan(songs: list[SongRecord], done: dict[str, store.SongEntry], out: Path):
