@@ -139,8 +139,10 @@ def test_failing_rank_stops_the_launch_with_one_line(tiny_ckpt, tmp_path):
     assert time.monotonic() - start < 10 * 60  # no wait for the timeout
     assert done.returncode != 0
     assert "Error: rank 1 of 2 failed: " in done.stderr and "none of the 4 songs could be encoded" in done.stderr
-    assert "run the same command again" in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert len(rows_in_order(out)) == 4  # rank 0's songs are kept
+    assert "run the same command again" in done.stderr, done.stderr[-3000:]
+    # a launcher prints its own report of failed processes; acetune's processes print no traceback
+    assert not [line for line in done.stderr.splitlines() if line.strip().startswith("File ") and "acetune" in line]
+    assert len(rows_in_order(out)) == 4  # rank 0 finished its block
 
 
 def _rows_of_part(part: Path) -> list[str]:

@@ -35,7 +35,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -52,7 +52,7 @@ TEST_KILL_VAR = "ACETUNE_TEST_KILL_RANK"  # tests only: "<rank>:<parts>" SIGKILL
 POLL_SECONDS = 0.5
 # counters that add up over ranks (the others are the same on every rank, or derived at the end)
 SUMMED = ("songs in this shard", "already done (skipped)", "songs encoded", "audio encoded (s)")
-_FIX_RERUN = "finished parts are kept: fix it, then run the same command again to finish"
+_FIX_RERUN = "the finished parts of every rank are kept: once that is fixed, run the same command again"
 
 
 def contiguous(items: list, num_shards: int, index: int) -> list:
@@ -228,8 +228,11 @@ class Launch:
                 if not self._started:
                     self._exchange_start(line or err.__class__.__name__)
                 elif not self._ended:
-                    status = "stopped" if isinstance(err, KeyboardInterrupt) else "failed"
-                    self._write_result(RankResult(self.split.rank, status, error=line))
+                    stopped = isinstance(err, KeyboardInterrupt)
+                    self._write_result(RankResult(self.split.rank, "stopped" if stopped else "failed", error=line))
+                    if not stopped:  # let the others finish their blocks (a launcher kills all once one exits)
+                        with suppress(AcetuneError, OSError, ValueError):
+                            self._wait_for_results()
             raise
         finally:
             self.close()
