@@ -205,6 +205,8 @@ class Launch:
         self._started = True
         errors = self._gather(error)
         failed = [(r, e) for r, e in enumerate(errors) if e]
+        if failed:
+            self._ended = True  # nothing to wait for: no rank encodes
         if failed and not error:
             r, e = failed[0]
             raise AcetuneError(f"{self.rank_name(r)} could not start ({e})",

@@ -164,11 +164,6 @@ def read_songs(path: Path, report: Report) -> list[SongRecord]:
     return list(songs.values())
 
 
-def shard(songs: list[SongRecord], num_shards: int, index: int) -> list[SongRecord]:
-    """This shard's songs, by `datasets.Dataset.shard` (contiguous) on the unique song order."""
-    return distributed.contiguous(songs, num_shards, index)
-
-
 def build_meta(args: Args, family, ssl_names: tuple[str, ...], dtype: torch.dtype, device: torch.device,
                sources: dict | None = None):
     settings = {
