@@ -324,7 +324,6 @@ def encode(args: Args, launch: distributed.Launch) -> int:
         print(f"Stopped by {stopping.signal_name()}: {rows} rows written, the part in progress was finished; "
               f"continue with: {stopping.command_line(cli.invocation())}", file=sys.stderr)
         return stopping.exit_code()
-    seconds = time.perf_counter() - start
     if launch.distributed:
         if todo and not rows:
             report.print_summary()
@@ -337,7 +336,7 @@ def encode(args: Args, launch: distributed.Launch) -> int:
         rows = launch.combine(report, results)
         distributed.check_order(out, split.shard_songs(all_songs), report)
         launch.cleanup()
-    code = finish(args, report, rows, seconds)
+    code = finish(args, report, rows, time.perf_counter() - start)  # a launch: until its last rank finished
     if todo and not rows:
         raise nothing_encoded(args, len(todo))
     return code
