@@ -174,3 +174,44 @@ def test_check_order_warns_only_when_rows_left_the_song_order(tmp_path):
     keys = {"part-s000of002-00000": ["a", "c"], "part-s001of002-00000": ["b"]}
     assert not distributed.check_order(out, songs, report, index=lambda p: keys[p.name])
     assert "not in the input's song order" in report.problems[0].reason
+
+
+class ScriptedLaunch(distributed.Launch):
+    """Rank `rank` of 2 whose torch.distributed exchanges return scripted values (the file protocol is real)."""
+
+    def __init__(self, rank: int, *gathered: list):
+        super().__init__(distributed.Split(1, 0, 2, rank), timeout_min=0.002, launch_id="test")
+        self.gathered = list(gathered)
+
+    def _gather(self, value) -> list:
+        return self.gathered.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+def test_rank_outcomes_reach_rank_0_in_one_line(tmp_path):
+    out = tmp_path / "prep"
+    main = ScriptedLaunch(0, ["", ""], [True, True])
+    main.prepare(out, dry_run=False)
+    main.start(out)
+    other = ScriptedLaunch(1)
+    other.out = out
+    other._write_result(distributed.RankResult(1, "failed", error="x.wav: cannot decode audio"))
+    with pytest.raises(distributed.AcetuneError, match="rank 1 of 2 failed: x.wav: cannot decode audio"):
+        main.finish(Report("t"), rows=3)
+
+    quiet = ScriptedLaunch(0, ["", ""], [True, True])  # rank 1 never ends and no part appears: the timeout
+    quiet.prepare(out, dry_run=False)
+    quiet.start(out)
+    start = time.monotonic()
+    with pytest.raises(distributed.AcetuneError, match=r"rank\(s\) 1 of 2 have not finished .*\(--rank_timeout sets the wait\)"):
+        quiet.finish(Report("t"), rows=3)
+    assert time.monotonic() - start < 5
+
+    with pytest.raises(distributed.AcetuneError, match=r"rank 1 of 2 could not start \(no checkpoint\)"):
+        ScriptedLaunch(0, ["", "no checkpoint"]).start(out)
+    blind = ScriptedLaunch(0, ["", ""], [True, False])  # rank 1 does not see the output: not a shared disk
+    blind.prepare(out, dry_run=False)
+    with pytest.raises(distributed.UsageError, match=r"rank\(s\) 1 of 2 cannot see .* disk every machine shares"):
+        blind.start(out)

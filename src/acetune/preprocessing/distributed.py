@@ -192,7 +192,8 @@ class Launch:
         if dry_run or not self.distributed:
             return
         visible = self._gather(self.folder(out).is_dir())
-        if not all(visible):
+        if not all(visible):  # every rank stops here, none waits for the others
+            self._ended = True
             blind = [r for r, ok in enumerate(visible) if not ok]
             raise UsageError(f"rank(s) {', '.join(map(str, blind))} of {self.split.world_size} cannot see the "
                              f"launch folder rank 0 made in --output_name", path=out,
