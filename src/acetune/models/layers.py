@@ -12,8 +12,9 @@ def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
     Mirrors diffusers `RMSNorm(dim, eps, elementwise_affine=False)` (what the ACE-Step blocks use).
     """
-    variance = x.float().pow(2).mean(-1, keepdim=True)
-    return (x.float() * torch.rsqrt(variance + eps)).to(x.dtype)
+    wide = x.float()  # once: a second cast would be another activation-sized copy (and its backward)
+    variance = wide.pow(2).mean(-1, keepdim=True)
+    return (wide * torch.rsqrt(variance + eps)).to(x.dtype)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

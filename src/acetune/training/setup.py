@@ -156,6 +156,10 @@ def build_run(args, echo=print):
             val_loss.lyric_cache.fill(model, (val_loss.dataset[i] for i in range(len(val_loss.dataset))), device,
                                       compute_dtype)
     freed = family.prepare_for_training(model, use_ssl=use_ssl, drop_lyric_path=cache is not None and validation is None)
+    if getattr(args, "compile", False):
+        from acetune.training.compiled import compile_blocks
+
+        echo(f"--compile: {compile_blocks(model)} transformer blocks compile during the first steps")
 
     optimizer = build_optimizer(setup.params, args.optimizer, lr=args.learning_rate, weight_decay=args.weight_decay)
     for tip in optimizer_advice(args.optimizer, args.learning_rate, args.warmup_steps):

@@ -49,6 +49,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
     return (x * cos + swapped * signed_sin).to(x.dtype)
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast runs matmuls in for x's device, or None when autocast is off there."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
 # ---------------------------------------------------------------------------------------------
 # Linear self-attention
 # ---------------------------------------------------------------------------------------------
@@ -62,6 +68,7 @@ class LinearSelfAttention(nn.Module):
     """
 
     eps = 1e-15
+    lean_casts = True  # skip the fp32 round trip under autocast (`benchmarks/train_levers.py` switches it off)
 
     def __init__(self, dim: int, heads: int, head_dim: int):
         super().__init__()
@@ -85,10 +92,17 @@ class LinearSelfAttention(nn.Module):
         if mask is not None:
             m = mask[:, None, :, None].to(k.dtype)  # (B, 1, S, 1)
             q, k, v = q * m, k * m, v * m
-        q, k, v = F.relu(q).float(), F.relu(k).float(), v.float()
+        q, k = F.relu(q), F.relu(k)
+        if autocast_dtype(q) == q.dtype and self.lean_casts:
+            # The reference casts q, k, v to fp32 and autocast casts them straight back for each matmul: a
+            # lossless round trip (7 activation copies per block and pass). Same kernels, same bits without it.
+            ksum = k.sum(dim=2, keepdim=True, dtype=torch.float32)  # fp32 accumulation, as k.float().sum()
+        else:
+            q, k, v = q.float(), k.float(), v.float()
+            ksum = k.sum(dim=2, keepdim=True)
         kv = torch.matmul(k.transpose(-1, -2), v)  # (B, H, D_k, D_v) = Σ_t k_t v_tᵀ
         num = torch.matmul(q, kv)  # (B, H, S, D_v)
-        den = torch.matmul(q, k.sum(dim=2, keepdim=True).transpose(-1, -2))  # (B, H, S, 1)
+        den = torch.matmul(q, ksum.transpose(-1, -2))  # (B, H, S, 1)
         out = num / (den + self.eps)
         out = out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim).to(dtype)
         return self.to_out[1](self.to_out[0](out))

@@ -1,0 +1,135 @@
+"""Each training-step speed lever's share, measured A/B in one process (issue 21).
+
+The step is `benchmarks/train.py`'s (the trainer's own: batch -> `V1Family.training_loss` under bf16
+autocast -> backward -> clip -> AdamW -> LR scheduler step; rsLoRA r64 alpha 1 on
+to_q/to_k/to_v/to_out.0, fp32 LoRA over bf16 weights, SSL losses on, lyric-encoder output cached).
+For every lever the same model runs with the lever off and on, alternated (off on off on ...), each
+measurement the median of `--steps` steps after warm-ups; the row gives the medians over `--rounds`
+pairs and the on/off ratio of each pair (so the machine's load drifts out of the ratio).
+
+Levers (all but checkpointing are on by default in `acetune train`):
+  checkpointing off  `--gradient_checkpointing off`: no recompute of each block in the backward
+  lean casts         no fp32 round trip of q, k, v in the linear attention under autocast (bit-identical)
+  compile            `--compile`: torch.compile of the transformer blocks (first steps compile)
+
+    python benchmarks/train_levers.py                        # tiny and medium, 10 s and 60 s
+    python benchmarks/train_levers.py --cases medium:60s --levers compile
+    flock /tmp/acetune-bigmem.lock python benchmarks/train_levers.py --cases official:10s   # ~8 GB RAM
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import train as bench_train  # noqa: E402  (benchmarks/train.py: configs, model build, sample)
+
+LEVERS = ("checkpointing off", "lean casts", "compile")
+DEFAULT_CASES = ("tiny:10s", "tiny:60s", "medium:10s", "medium:60s")
+
+
+def set_lever(model, lever: str, on: bool) -> None:
+    """Switch one lever on or off on a built model (the others are left as they are)."""
+    from acetune.models.v1.attention import LinearSelfAttention
+    from acetune.training.compiled import compile_blocks, uncompile_blocks
+
+    if lever == "checkpointing off":
+        model.disable_gradient_checkpointing() if on else model.enable_gradient_checkpointing()
+    elif lever == "lean casts":
+        LinearSelfAttention.lean_casts = on
+    elif lever == "compile":
+        compile_blocks(model) if on else uncompile_blocks(model)
+    else:
+        raise ValueError(f"unknown lever {lever!r}; one of {LEVERS}")
+
+
+def step_runner(config: str, length: str):
+    """(model, one_step) for a case: one_step() runs one whole training step and returns its seconds."""
+    import torch
+
+    from acetune.models.v1.family import FAMILY
+    from acetune.training.data import ConditionDropout, LyricCache, batch_to, make_batch
+    from acetune.training.lora import lora_input_casting
+    from acetune.training.optim import build_optimizer
+
+    model, setup = bench_train.build(config, torch.bfloat16)
+    s = bench_train.sample(model.config, length)
+    cache = LyricCache()
+    cache.fill(model, [s], torch.device("cpu"), torch.bfloat16)
+    FAMILY.prepare_for_training(model, use_ssl=True, drop_lyric_path=True)
+    optimizer = build_optimizer(setup.params, "adamw", lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / 10))
+    names = tuple(model.config.ssl_names)
+    cpu = torch.device("cpu")
+    casting = lora_input_casting(model, enabled=False)  # as `training.loop.fit` under autocast
+    casting.__enter__()
+
+    def one_step() -> float:
+        start = time.perf_counter()
+        batch = batch_to(make_batch([s], dropout=ConditionDropout(), lyric_cache=cache, ssl_names=names), cpu,
+                         torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            terms = FAMILY.training_loss(model, batch, shift=3.0, ssl_coeff=1.0)
+        terms.loss.backward()
+        torch.nn.utils.clip_grad_norm_(setup.params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    return model, one_step
+
+
+def measure_lever(model, one_step, lever: str, rounds: int, steps: int, warmup: int) -> dict:
+    """Alternate lever off/on; returns medians (s) and the median of the per-pair on/off ratios."""
+    def timed(on: bool) -> float:
+        set_lever(model, lever, on)
+        for _ in range(warmup):
+            one_step()
+        return statistics.median(one_step() for _ in range(steps))
+
+    offs, ons = [], []
+    for _ in range(rounds):
+        offs.append(timed(False))
+        ons.append(timed(True))
+    set_lever(model, lever, lever != "compile")  # back to the trainer's default
+    ratios = [b / a for a, b in zip(offs, ons)]
+    return {"off": statistics.median(offs), "on": statistics.median(ons), "ratio": statistics.median(ratios),
+            "ratios": ratios}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), help="CONFIG:LENGTH (tiny, medium, "
+                    "official; 10s, 60s)")
+    ap.add_argument("--levers", nargs="+", default=list(LEVERS), choices=LEVERS, metavar="LEVER",
+                    help=f"which levers ({', '.join(LEVERS)})")
+    ap.add_argument("--rounds", type=int, default=3, help="off/on pairs per lever")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per measurement (median)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps after each switch")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"{'case':<12} {'lever':<18} {'off s':>8} {'on s':>8} {'on/off':>7}   per-pair ratios "
+          f"({args.threads} threads, {args.rounds} pairs x median of {args.steps})")
+    for case in args.cases:
+        config, length = case.split(":")
+        model, one_step = step_runner(config, length)
+        for lever in args.levers:
+            warmup = args.warmup + (2 if lever == "compile" else 0)  # compilation, then the dynamic-shape recompile
+            r = measure_lever(model, one_step, lever, args.rounds, args.steps, warmup)
+            print(f"{case:<12} {lever:<18} {r['off']:>8.3f} {r['on']:>8.3f} {r['ratio']:>7.2f}   "
+                  + " ".join(f"{x:.2f}" for x in r["ratios"]), flush=True)
+        del model, one_step
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
