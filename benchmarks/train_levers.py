@@ -14,6 +14,7 @@ Levers (all but checkpointing are on by default in `acetune train`):
 
     python benchmarks/train_levers.py                        # tiny and medium, 10 s and 60 s
     python benchmarks/train_levers.py --cases medium:60s --levers compile
+    python benchmarks/train_levers.py --micro                # fused q/k/v GEMM and SDPA backends, kernels alone
     flock /tmp/acetune-bigmem.lock python benchmarks/train_levers.py --cases official:10s   # ~8 GB RAM
 """
 
@@ -103,6 +104,61 @@ def measure_lever(model, one_step, lever: str, rounds: int, steps: int, warmup: 
             "ratios": ratios}
 
 
+def _median_time(fn, n: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _kernel_pairs(frames: int, width: int, g):
+    """{label: (baseline, alternative)} callables for one size (each runs forward + backward)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    x = torch.randn(1, frames, width, generator=g).bfloat16().requires_grad_()
+    ws = [(torch.randn(width, width, generator=g) * 0.02).bfloat16() for _ in range(3)]
+    fused = torch.cat(ws)
+    heads, ctx = width // 128, 221
+    q = torch.randn(1, heads, frames, 128, generator=g).bfloat16().requires_grad_()
+    k, v = (torch.randn(1, heads, ctx, 128, generator=g).bfloat16().requires_grad_() for _ in range(2))
+    mask = torch.ones(1, 1, frames, ctx, dtype=torch.bool)
+
+    def three():
+        sum(F.linear(x, w).float().sum() for w in ws).backward()
+
+    def one():
+        F.linear(x, fused).float().sum().backward()
+
+    def sdpa(backend):
+        def run():
+            with sdpa_kernel(backend):
+                F.scaled_dot_product_attention(q, k, v, attn_mask=mask).float().sum().backward()
+        return run
+
+    return {f"q/k/v GEMM x{frames}: 1 fused vs 3": (three, one),
+            f"SDPA x{frames}: math vs flash": (sdpa(SDPBackend.FLASH_ATTENTION), sdpa(SDPBackend.MATH))}
+
+
+def micro(rounds: int) -> None:
+    """The two levers left alone, as kernels alone: three q/k/v GEMMs vs one fused GEMM (forward + backward),
+    and the cross-attention's SDPA flash kernel vs its math backend (bf16, forward + backward)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    for frames, width in ((646, 1024), (108, 2560)):  # medium 60 s, official 10 s
+        for label, (base, alt) in _kernel_pairs(frames, width, g).items():
+            pairs = [(_median_time(base), _median_time(alt)) for _ in range(rounds)]
+            ratios = [b / a for a, b in pairs]
+            print(f"{'kernel':<12} {label:<30} {statistics.median(p[0] for p in pairs) * 1e3:>7.1f}ms "
+                  f"{statistics.median(p[1] for p in pairs) * 1e3:>7.1f}ms {statistics.median(ratios):>6.2f}   "
+                  + " ".join(f"{r:.2f}" for r in ratios), flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), help="CONFIG:LENGTH (tiny, medium, "
@@ -113,10 +169,15 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per measurement (median)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps after each switch")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--micro", action="store_true", help="only the kernels of the levers left alone (fused q/k/v "
+                    "GEMM, SDPA backend): baseline ms, alternative ms, alternative/baseline")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.micro:
+        micro(args.rounds)
+        return 0
     print(f"{'case':<12} {'lever':<18} {'off s':>8} {'on s':>8} {'on/off':>7}   per-pair ratios "
           f"({args.threads} threads, {args.rounds} pairs x median of {args.steps})")
     for case in args.cases:
