@@ -86,6 +86,7 @@ def test_lean_casts_follow_the_autocast_dtype():
     assert (plain.float() - auto.float()).abs().max() < 0.05  # same math; bf16 vs fp32 matmuls
 
 
+@pytest.mark.slow  # Inductor compiles C++ for a minute or more on 2 cores; --compile is opt-in
 def test_compile_matches_eager_with_checkpointing_and_keeps_keys(golden, inputs):
     """`--compile` (blocks compiled in place) under gradient checkpointing and peft: outputs and LoRA gradients
     equal eager's to fp32 rounding; parameter names and saved LoRA keys are unchanged; it can be undone."""

@@ -3,6 +3,7 @@ LoRA give eager's loss and gradients to fp32 rounding, with every parameter and 
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from acetune.models.v15.adapters import adapter_state
@@ -13,6 +14,7 @@ from acetune.training.lora import add_lora
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
 
 
+@pytest.mark.slow  # Inductor compiles C++ for a minute or more on 2 cores; --compile is opt-in
 def test_compile_matches_eager_on_the_15_dit():
     from diffusers import AceStepTransformer1DModel
 
