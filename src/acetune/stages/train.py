@@ -94,7 +94,7 @@ class Args:
                          "bf16 autocast; bf16: LoRA in bf16 too; 32: everything fp32")
     int8: bool = arg(False, help="int8 base weights of the transformer's linear layers (optimum-quanto)")
     gradient_checkpointing: bool = arg(True, help="recompute each block in the backward pass (much less memory)")
-    compile: bool = arg(False, help="torch.compile the transformer blocks (faster steps once compiled; the first "
+    compile: bool = arg(False, help="ACE-Step v1: torch.compile the transformer blocks (faster steps once compiled; the first "
                         "steps compile, and again at a new audio length; needs a C++ compiler on CPU)")
     train_lyrics_embedder: bool = arg(False, help="also train the lyric embedding, Conformer and projection fully")
     init_lora: str = arg("", help="start from this LoRA (.safetensors or a checkpoint folder; any key style)")

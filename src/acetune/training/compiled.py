@@ -4,7 +4,7 @@ Each block gets `nn.Module.compile()`, which keeps the module tree and every par
 `_orig_mod.` prefix), so peft's LoRA layers, state-dict and LoRA key names, checkpoints and
 gradient checkpointing (which calls the block, hence the compiled forward) are unchanged. Only the
 repeated blocks are compiled: they are where the time goes, and one compiled graph serves them all.
-The first steps are slow (compilation; again when a new audio length appears, then shapes are
+ACE-Step v1 only for now (see `compile_blocks`). The first steps are slow (compilation; again when a new audio length appears, then shapes are
 treated as dynamic); needs a C++ compiler on CPU (Inductor).
 """
 
@@ -26,8 +26,19 @@ def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return []
 
 
-def compile_blocks(model: torch.nn.Module, **options) -> int:
-    """Compile every block of `model` in place (`torch.compile` options pass through); returns how many."""
+def compile_blocks(model: torch.nn.Module, *, allow_15: bool = False, **options) -> int:
+    """Compile every block of `model` in place (`torch.compile` options pass through); returns how many.
+
+    Refused for the ACE-Step 1.5 DiT (UsageError): with its blocks compiled under gradient checkpointing
+    and a LoRA, the LoRA gradients of the first self-attention differed from eager by ~10% in
+    tests/models/v15/test_speed_levers_v15.py (the forward agreed). `allow_15` runs it anyway (that test).
+    """
+    from acetune.errors import UsageError
+
+    if not allow_15 and not any(isinstance(getattr(m, "transformer_blocks", None), torch.nn.ModuleList)
+                                for m in model.modules()):
+        raise UsageError("--compile is available for ACE-Step v1 only (on the 1.5 DiT the compiled gradients "
+                         "do not match eager yet)", fix="drop --compile")
     blocks = transformer_blocks(model)
     for block in blocks:
         block.compile(**options)

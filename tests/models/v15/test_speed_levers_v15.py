@@ -1,5 +1,6 @@
-"""`--compile` on the ACE-Step 1.5 DiT (issue 21): compiled blocks under gradient checkpointing and a peft
-LoRA give eager's loss and gradients to fp32 rounding, with every parameter and adapter key unchanged."""
+"""`--compile` on the ACE-Step 1.5 DiT (issue 21). Refused today: compiled under gradient checkpointing with a
+peft LoRA, the forward matched eager but the first self-attention's LoRA gradients differed by ~10%
+(2026-12-03, torch 2.13.0 CPU). The slow test is the check to rerun before allowing it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,19 @@ from acetune.training.lora import add_lora
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
 
 
-@pytest.mark.slow  # Inductor compiles C++ for a minute or more on 2 cores; --compile is opt-in
+def test_compile_is_refused_for_the_15_dit():
+    from diffusers import AceStepTransformer1DModel
+
+    from acetune.errors import UsageError
+
+    model = AceStepTransformer1DModel(**tiny_transformer_config())
+    with pytest.raises(UsageError, match="v1 only"):
+        compile_blocks(model)
+    assert all(block._compiled_call_impl is None for block in transformer_blocks(model))
+
+
+@pytest.mark.slow  # Inductor compiles C++ for a minute or more on 2 cores
+@pytest.mark.xfail(strict=True, reason="LoRA gradients of the compiled 1.5 DiT differ from eager (~10%)")
 def test_compile_matches_eager_on_the_15_dit():
     from diffusers import AceStepTransformer1DModel
 
@@ -43,7 +56,7 @@ def test_compile_matches_eager_on_the_15_dit():
 
     names, adapter_keys = list(model.state_dict()), sorted(adapter_state(model, setup.adapter_name))
     eager = step()
-    assert compile_blocks(model) == len(transformer_blocks(model)) == 2  # the DiT's `layers`
+    assert compile_blocks(model, allow_15=True) == len(transformer_blocks(model)) == 2  # the DiT's `layers`
     compiled = step()
     assert list(model.state_dict()) == names
     assert sorted(adapter_state(model, setup.adapter_name)) == adapter_keys
