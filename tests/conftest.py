@@ -1,4 +1,4 @@
-"""Shared fixtures: the golden folder, tiny generated audio, quiet progress bars."""
+"""Shared fixtures: the golden folder, tiny generated audio, quiet progress bars; how pytest-xdist runs the suite."""
 
 from __future__ import annotations
 
@@ -10,6 +10,32 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ACETUNE_NO_PROGRESS", "1")
+
+# The slowest test files (pytest --durations), run first: with `--dist loadfile` (pyproject addopts) each
+# file goes whole to one worker, so a long file started last would leave the other cores idle at the end.
+SLOW_FILES_FIRST = (
+    "tests/studio/test_browser.py",
+    "tests/stages/test_demo.py",
+    "tests/models/v15/test_end_to_end.py",
+    "tests/stages/test_train.py",
+    "tests/stages/test_generate.py",
+    "tests/test_hub.py",
+)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist every worker gets its share of the cores (torch, and the subprocesses a test starts):
+    N workers each running N threads on N cores only lose time to oversubscription."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: file order kept
 
 
 def golden_path() -> Path:
