@@ -8,15 +8,15 @@ valid 48 kHz stereo render, and the held-out validation loss, best checkpoint an
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from safetensors import safe_open
 
 from acetune.errors import UsageError
@@ -28,12 +28,20 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> tuple[Path, dict, str]:
+    """`acetune demo --quick` in this process (the stages are in-process `run(args)` calls either way; a
+    subprocess only added its imports), on one thread as a CLI run with OMP_NUM_THREADS=1."""
+    from acetune.cli import run_command
+
     workdir = tmp_path_factory.mktemp("demo") / "acetune_demo"
-    env = dict(os.environ, OMP_NUM_THREADS="1", ACETUNE_NO_PROGRESS="1")
-    proc = subprocess.run([sys.executable, "-m", "acetune", "demo", "--quick", "--workdir", str(workdir),
-                           "--steps", str(STEPS)], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return workdir, json.loads((workdir / demo.SUMMARY_FILE).read_text()), proc.stdout
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run_command("demo", ["--quick", "--workdir", str(workdir), "--steps", str(STEPS)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, (out.getvalue() + err.getvalue())[-4000:]
+    return workdir, json.loads((workdir / demo.SUMMARY_FILE).read_text()), out.getvalue()
 
 
 def test_every_stage_ran(demo_run):

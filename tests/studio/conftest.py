@@ -86,6 +86,8 @@ def server(studio_env):
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()  # a server that starts after the deadline must not outlive the test run
+                proc.wait()
                 log.close()
                 pytest.fail("studio did not start: " + (studio_env["root"] / "server.log").read_text()[-2000:])
             time.sleep(0.3)
