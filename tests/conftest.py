@@ -18,6 +18,7 @@ SLOW_FILES_FIRST = (
     "tests/stages/test_demo.py",
     "tests/models/v15/test_end_to_end.py",
     "tests/stages/test_train.py",
+    "tests/stages/test_preprocess_launch.py",
     "tests/stages/test_generate.py",
     "tests/test_hub.py",
 )
