@@ -21,9 +21,11 @@ input samples on each side, so block b needs input samples b·o − W … b·o +
 taps, sliding by o samples per block.
 
 The phase table T[p, k] = h(x) at d = (k − W)/o − p/n (k = 0 … K−1) turns the resampler into one
-strided correlation: pad the clip with W zeros in front and W + o behind, correlate with the n
-rows of T at stride o (output (B, n, blocks)), read the result block by block (phase fastest), and
-keep the first ceil(T·n/o) samples. The table is built in float64 and rounded to the signal dtype
+strided correlation: pad the clip with W zeros in front and W + o behind, view it as blocks of K
+samples at stride o, multiply by Tᵀ (output (B, blocks, n): block by block, phase fastest — the
+output order, so no transpose), and keep the first ceil(T·n/o) samples. This is the matrix product
+a strided conv1d lowers to, so the sums are the same (bit-equal on the golden clip), but it skips
+conv1d's per-call overhead and layout transposes and runs in cache-sized chunks: about 2x faster. The table is built in float64 and rounded to the signal dtype
 once; the per-phase shift p/n is rounded to float32 before use, which is how torchaudio forms it,
 so the table matches its kernel to the last float32 bit on the golden rates.
 """
@@ -36,6 +38,9 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+# Blocks of o input samples correlated per matmul: the unfolded (B, blocks, K) copy stays a few MB
+# (cache-sized) instead of the whole song's K/o-fold expansion.
+_BLOCKS_PER_CHUNK = 4096
 ZERO_CROSSINGS = 6  # Z: sinc lobes kept on each side of the centre
 BANDWIDTH_FRACTION = 0.99  # B / min(o, n): the pass band ends just below the lower Nyquist
 
@@ -102,7 +107,12 @@ def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     table, reach, g = resample_kernel(orig_sr, new_sr, wav.dtype, wav.device)
     orig, new = int(orig_sr) // g, int(new_sr) // g
     *lead, length = wav.shape
-    clip = F.pad(wav.reshape(-1, 1, length), (reach, reach + orig))  # (B, 1, W + T + W + o), zeros outside
-    per_phase = F.conv1d(clip, table, stride=orig)  # (B, n, blocks): row p holds phase p of every block
-    interleaved = per_phase.mT.flatten(1)  # (B, blocks · n): block by block, phase fastest
-    return interleaved[:, :output_length(length, orig, new)].reshape(*lead, -1)
+    clip = F.pad(wav.reshape(-1, length), (reach, reach + orig))  # (B, W + T + W + o), zeros outside
+    taps = table[:, 0, :].T  # (K, n)
+    blocks = (clip.shape[-1] - taps.shape[0]) // orig + 1
+    out = torch.empty(clip.shape[0], blocks, new, dtype=wav.dtype, device=wav.device)
+    for b0 in range(0, blocks, _BLOCKS_PER_CHUNK):
+        b1 = min(blocks, b0 + _BLOCKS_PER_CHUNK)
+        frames = clip[:, b0 * orig:(b1 - 1) * orig + taps.shape[0]].unfold(-1, taps.shape[0], orig)  # (B, b, K)
+        torch.matmul(frames, taps, out=out[:, b0:b1])  # (B, b, n): block by block, phase fastest
+    return out.flatten(1)[:, :output_length(length, orig, new)].reshape(*lead, -1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -69,3 +70,14 @@ def test_chunked_stft_equals_whole():
     whole = mel(x)
     for chunk in (1, 5, 36, 100):
         torch.testing.assert_close(mel(x, chunk_frames=chunk), whole, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("seconds", [0.2, 3.0])
+def test_frame_major_log_mel_equals_direct_stft(seconds):
+    """`forward` (chunked rfft, only the bins under a filter) vs the whole STFT and all 1025 bins."""
+    mel = LogMelSpectrogram()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2, int(44100 * seconds), generator=gen) * torch.logspace(-4, 0, 2)[:, None, None]
+    fast, direct = mel(x), mel.reference(x)
+    assert fast.shape == direct.shape
+    torch.testing.assert_close(fast, direct, rtol=0, atol=2e-5)

@@ -20,6 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# STFT frames per FFT chunk in `LogMelSpectrogram`: 512 frames x 2048 samples x 4 bytes = 4 MB per
+# channel, cache-sized; the whole 6-minute song's windowed frames would be ~250 MB per channel.
+_FRAMES_PER_CHUNK = 512
+
 # ---- slaney mel scale (Slaney's Auditory Toolbox; the "slaney" option of librosa/torchaudio) ----
 # Linear below 1 kHz (200/3 Hz per mel), logarithmic above (27 mels per factor 6.4).
 _F_SP = 200.0 / 3.0
@@ -131,18 +135,32 @@ class LogMelSpectrogram(nn.Module):
     def forward(self, wav: torch.Tensor, chunk_frames: int | None = None) -> torch.Tensor:
         """(..., T) waveform at `sample_rate` -> (..., n_mels, T // hop) log-mel (natural log).
 
-        `chunk_frames` computes the STFT that many frames at a time (frames are independent once the
-        clip is padded, so the result is the same): the complex spectrogram is 4× the audio's size
-        and would otherwise dominate memory for long songs.
+        Computed frame-major, `chunk_frames` (at most `_FRAMES_PER_CHUNK`) frames at a time: window the
+        frames, real FFT, keep only the bins some mel filter covers (744 of 1025 for the released
+        config: nothing above f_max), magnitude in place, then frames x bins @ filterbank. Frames are
+        independent once the clip is padded, so chunking gives the same result; the order of every
+        sum is the STFT's, so it equals `mel_scale(spectrogram(wav))` to float rounding (tested).
         """
         spec = self.spectrogram
         padded = spec.pad(wav)
-        frames = (padded.shape[-1] - spec.n_fft) // spec.hop_length + 1
-        if chunk_frames is None or frames <= chunk_frames:
-            return self._log_mel(padded)
-        pieces = [padded[..., f0 * spec.hop_length:(min(frames, f0 + chunk_frames) - 1) * spec.hop_length + spec.n_fft]
-                  for f0 in range(0, frames, chunk_frames)]
-        return torch.cat([self._log_mel(piece) for piece in pieces], dim=-1)
+        lead, length = padded.shape[:-1], padded.shape[-1]
+        flat = padded.reshape(-1, length).float()  # the reference runs the STFT in float32
+        frames = (length - spec.n_fft) // spec.hop_length + 1
+        fb = self.mel_scale.fb.float()
+        bins = int((fb != 0).any(dim=1).nonzero().max()) + 1 if bool((fb != 0).any()) else 1
+        fb, window = fb[:bins], spec.window.float()
+        step = min(chunk_frames or _FRAMES_PER_CHUNK, _FRAMES_PER_CHUNK)
+        pieces = []
+        for f0 in range(0, frames, step):
+            f1 = min(frames, f0 + step)
+            piece = flat[:, f0 * spec.hop_length:(f1 - 1) * spec.hop_length + spec.n_fft]
+            spectrum = torch.fft.rfft(piece.unfold(-1, spec.n_fft, spec.hop_length) * window)[..., :bins]
+            power = (spectrum * spectrum.conj()).real  # re² + im², rounded as the STFT path rounds it
+            magnitude = (power + 1e-6).sqrt_()  # (B, f, bins)
+            pieces.append(torch.matmul(magnitude, fb))  # (B, f, n_mels)
+        log_mel = torch.log(torch.clamp(torch.cat(pieces, dim=1), min=1e-5)).to(wav.dtype if wav.is_floating_point() else torch.float32)
+        return log_mel.transpose(-1, -2).reshape(*lead, fb.shape[1], frames)
 
-    def _log_mel(self, padded: torch.Tensor) -> torch.Tensor:
-        return torch.log(torch.clamp(self.mel_scale(self.spectrogram.magnitude(padded)), min=1e-5))
+    def reference(self, wav: torch.Tensor) -> torch.Tensor:
+        """The same log-mel the direct way (whole STFT, all bins, mel matmul): the check for `forward`."""
+        return torch.log(torch.clamp(self.mel_scale(self.spectrogram(wav)), min=1e-5))
