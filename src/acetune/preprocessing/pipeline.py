@@ -5,10 +5,14 @@ Every encoder is loaded once (to the CPU, in the compute dtype) by `Encoders.loa
 and back (`on_device`), so peak device memory is the largest single encoder plus its activations:
 
     1. per song, in order: lyric tokens, prompt variants, speaker embedding (CPU); audio decoded by
-       a thread pool (`num_workers`) while the codec (on the device) encodes the previous song;
-       the 48 kHz audio is dropped after encoding, keeping only the small SSL inputs;
-    2. text encoder (on the device): the K prompt variants of every song of the part;
-    3. each SSL model in turn (on the device): its features for every sample of the part.
+       `num_workers` threads ahead (`reader.prefetch`) while the codec (on the device) encodes the
+       previous song; the 48 kHz audio is dropped after encoding, keeping only the small SSL inputs;
+    2. text encoder (on the device): the K prompt variants of every song of the part, songs of
+       similar prompt length batched together (`batching.encode_texts`);
+    3. each SSL model in turn (on the device): its features for every sample of the part, the chunks
+       of all samples pooled into full batches (`batching.ssl_features_pooled`).
+
+Each song's audio is decoded, resampled and encoded once, whatever the number of prompt variants.
 
 A song that cannot be decoded or encoded is reported (file, reason, fix) and left out; the others
 of the part are written. Moving weights costs ~0.2 s per encoder per part on a PCIe GPU.
@@ -20,7 +24,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +34,8 @@ from acetune.dataset import schema
 from acetune.dataset.sidecar_reader import INSTRUMENTAL
 from acetune.dataset.song import SongRecord
 from acetune.errors import AcetuneError, InputError
-from acetune.preprocessing import ssl
+from acetune.preprocessing import batching, ssl
+from acetune.preprocessing.reader import prefetch
 from acetune.preprocessing.samples import (
     SPEAKER_DIM,
     load_speaker_embedding,
@@ -62,6 +66,8 @@ class Settings:
     loudness_lufs: float | None = None
     ssl_batch_size: int = 8
     num_workers: int = 2
+    text_batch_size: int = 32  # prompts per text-encoder pass, songs bucketed by prompt length (1: per song)
+    pool_ssl: bool = True  # SSL chunks of all songs of a part share batches (False: song by song)
 
 
 @dataclass
@@ -153,8 +159,8 @@ def load_windows(song: SongRecord, s: Settings, sample_rate: int) -> list[tuple[
     return out
 
 
-def _prepare(song: SongRecord, s: Settings, sample_rate: int):
-    """(os.stat_result taken before decoding, windows); runs in a worker thread."""
+def read_song(song: SongRecord, s: Settings, sample_rate: int):
+    """(os.stat_result taken before decoding, windows) of one song; runs in a decoding thread (`reader.prefetch`)."""
     if not Path(song.filename).is_file():
         raise InputError("audio file not found", path=song.filename,
                          fix="check the filename column (relative paths are read from the current folder)")
@@ -165,34 +171,47 @@ def encode_part(songs: list[SongRecord], enc: Encoders, s: Settings, report: Rep
                 on_song: Callable[[], None] = lambda: None) -> list[dict]:
     """Encode one part; returns its rows (schema columns). Failed songs are reported and left out."""
     work: list[SongWork] = []
-    with ThreadPoolExecutor(max_workers=max(1, s.num_workers)) as pool, on_device(enc.codec, s.device):
-        ahead = max(1, s.num_workers) + 1
-        futures: list[Future] = [pool.submit(_prepare, song, s, enc.sample_rate) for song in songs[:ahead]]
-        for i, song in enumerate(songs):
-            if i + ahead < len(songs):
-                futures.append(pool.submit(_prepare, songs[i + ahead], s, enc.sample_rate))
-            w = _song_inputs(song, futures[i], enc, s, report)
-            futures[i] = None  # free the decoded audio
+    with on_device(enc.codec, s.device):
+        for song, handle in prefetch(songs, lambda song: read_song(song, s, enc.sample_rate), s.num_workers):
+            w = _song_inputs(song, handle, enc, s, report)
+            del handle  # free the decoded audio
             if w is not None:
                 work.append(w)
             on_song()
     work = [w for w in work if not w.failed]
     with on_device(enc.text.model, s.device):
-        for w in work:
-            hidden, mask = enc.text.encode(w.prompts, path="dataset")  # (K, T, D), (K, T)
-            w.text, w.text_mask = hidden.cpu(), mask.cpu()
+        for w, (hidden, mask) in zip(work, batching.encode_texts(enc.text, [w.prompts for w in work],
+                                                                  s.text_batch_size)):
+            w.text, w.text_mask = hidden, mask
     for name in enc.ssl_names:
-        source = ssl.SOURCES[name]
         with on_device(enc.ssl_models[name], s.device) as model:
-            for w in work:
-                try:
-                    for smp in w.samples:
-                        signal, valid = smp.ssl_inputs.pop(name)
-                        feats = ssl.ssl_features(model, signal, valid, source, s.ssl_batch_size)
-                        smp.ssl[name] = schema.encode_ssl(feats)  # kept encoded: ~6 bits per value
-                except (RuntimeError, ValueError) as err:
-                    _fail(w, report, f"{name} SSL features failed ({err.__class__.__name__}: {str(err)[:200]})")
+            _ssl_phase(model, name, work, s, report)
     return [row for w in work if not w.failed for row in _rows(w, s, report)]
+
+
+def _ssl_phase(model: torch.nn.Module, name: str, work: list[SongWork], s: Settings, report: Report) -> None:
+    """SSL features of every sample of the part: pooled batches, or song by song (also to find which song
+    failed when a pooled batch does)."""
+    source = ssl.SOURCES[name]
+    if s.pool_ssl:
+        samples = [smp for w in work for smp in w.samples]
+        try:
+            feats = batching.ssl_features_pooled(model, [smp.ssl_inputs[name] for smp in samples], source,
+                                                 s.ssl_batch_size)
+        except (RuntimeError, ValueError):
+            pass  # retried song by song below, so the report names the song
+        else:
+            for smp, f in zip(samples, feats):
+                del smp.ssl_inputs[name]
+                smp.ssl[name] = schema.encode_ssl(f)  # kept encoded: ~6 bits per value
+            return
+    for w in work:
+        try:
+            for smp in w.samples:
+                signal, valid = smp.ssl_inputs.pop(name)
+                smp.ssl[name] = schema.encode_ssl(ssl.ssl_features(model, signal, valid, source, s.ssl_batch_size))
+        except (RuntimeError, ValueError) as err:
+            _fail(w, report, f"{name} SSL features failed ({err.__class__.__name__}: {str(err)[:200]})")
 
 
 def _fail(w: SongWork, report: Report, reason: str, fix: str = _FIX_ENCODE) -> None:
@@ -200,7 +219,7 @@ def _fail(w: SongWork, report: Report, reason: str, fix: str = _FIX_ENCODE) -> N
     report.problem(w.song.filename, reason, fix)
 
 
-def _song_inputs(song: SongRecord, future: Future, enc: Encoders, s: Settings, report: Report) -> SongWork | None:
+def _song_inputs(song: SongRecord, future, enc: Encoders, s: Settings, report: Report) -> SongWork | None:
     """Phase 1 for one song: text-side inputs, then (audio from `future`) latents and SSL inputs."""
     tokens = enc.lyrics.tokenize_dataset_checked(song.norm_lyrics, song.keys)
     # an instrumental (no lyrics, or build-dataset's marker) is not worth a warning

@@ -77,7 +77,11 @@ class Args:
     rank_timeout: float = arg(30.0, help="under accelerate launch / torchrun: minutes a process waits for the others "
                                          "while none of them finishes a part, before it stops with an error")
     part_size: int = arg(16, help="songs per written part (the most work a crash can lose)")
-    num_workers: int = arg(2, help="audio decoding threads")
+    num_workers: int = arg(2, help="audio decoding threads (decode the next songs while the encoders run; 0: inline)")
+    text_batch_size: int = arg(32, help="prompts per text-encoder pass; songs of similar prompt length are batched "
+                                        "(does not change results beyond float rounding; 1: song by song)")
+    compile: bool = arg(False, help="torch.compile the DCAE encoder, text encoder and SSL models (slow first "
+                                    "songs, faster after; needs a C++ compiler on CPU)")
     merge: list[Path] = arg(help="merge mode: copy the songs of these preprocessed outputs into --output_name",
                             default_factory=list)
     overwrite: bool = arg(False, help="delete an existing output first instead of resuming it")
@@ -257,6 +261,8 @@ def encode(args: Args, launch: distributed.Launch) -> int:
     all_songs = read_songs(args.input_name, report)
     songs = split.rank_songs(all_songs)
     encoders = load_encoders(args, family, dtype)
+    if args.compile:
+        pipeline.batching.compile_encoders(encoders)
     meta = build_meta(args, family, encoders.ssl_names, dtype, device, sources)
     meta.settings.update(split.settings())
     out = args.output_name
@@ -293,7 +299,8 @@ def encode(args: Args, launch: distributed.Launch) -> int:
     settings = pipeline.Settings(device=device, storage_dtype=args.storage_dtype, prompt_variants=args.prompt_variants,
                                  seed=args.seed, max_duration=args.max_duration or None, split=args.split,
                                  split_overlap=args.split_overlap, loudness_lufs=args.loudness_lufs,
-                                 ssl_batch_size=args.ssl_batch_size, num_workers=args.num_workers)
+                                 ssl_batch_size=args.ssl_batch_size, num_workers=args.num_workers,
+                                 text_batch_size=args.text_batch_size)
     start = time.perf_counter()
     rows = 0
     bar = progress(total=len(todo), desc="preprocess", unit="song", smoothing=0)

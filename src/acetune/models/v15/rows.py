@@ -8,7 +8,6 @@ resume, parts, merge, report) is shared. Audio loading (crop to --max_duration, 
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,15 +46,17 @@ def encode_part(songs: list[SongRecord], enc: Encoders15, settings, report,
         settings: `preprocessing.pipeline.Settings` (device, storage dtype, seed, crop / split).
         report: `acetune.report.Report`.
     """
-    from acetune.preprocessing.pipeline import load_windows
+    from acetune.preprocessing.pipeline import read_song
+    from acetune.preprocessing.reader import prefetch
     from acetune.preprocessing.samples import sample_key
 
     enc.pipe.to(settings.device)
     rows: list[dict] = []
-    for song in songs:
+    # songs decode in `num_workers` threads while the encoders run on the previous one
+    for song, decoded in prefetch(songs, lambda song: read_song(song, settings, enc.sample_rate), settings.num_workers):
         try:
-            st = os.stat(song.filename)
-            windows = load_windows(song, settings, enc.sample_rate)
+            st, windows = decoded.result()
+            del decoded
             text = SongText.from_song(song)
             song_rows = []
             for n, clip, seconds in windows:
