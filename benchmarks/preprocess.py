@@ -11,7 +11,15 @@ Two measurements:
    50 Hz) written through the same part writer, so the bytes on disk are what a real run stores.
    The fork stores 0.468 MB per audio-second with SSL (shared/facts/reference-baseline.md).
 
+3. --levers: the encode loop (`pipeline.encode_part`, encoders loaded once, tiny models, MERT +
+   mHuBERT stand-ins, songs of 0.6x / 1x / 1.4x --seconds; after one warm-up pass) with each
+   throughput lever switched on in turn: decode threads ahead of the encoders (default), text
+   encoder batched across songs in length buckets and SSL chunks pooled across songs (both
+   `--batch_songs`), and optionally --compile. Prints songs/s and CPU s
+   per song (the figure a busy machine moves least).
+
     OMP_NUM_THREADS=1 python benchmarks/preprocess.py [--songs 8] [--seconds 10]
+    python benchmarks/preprocess.py --levers [--songs 16] [--seconds 10] [--repeats 3] [--compile]
 """
 
 from __future__ import annotations
@@ -60,6 +68,56 @@ def measured(root: Path, songs: int, seconds: float, vocab: Path) -> list[tuple[
     return out
 
 
+def levers(root: Path, songs: int, seconds: float, vocab: Path, repeats: int = 3,
+           compile_: bool = False) -> list[tuple[str, float, float]]:
+    """[(case, songs/s, CPU s per song)] of `encode_part` over the same songs, levers added one by one."""
+    import statistics
+
+    from acetune.cli import run_command
+    from acetune.models.family import get_family
+    from acetune.models.v1.tiny import save_tiny_checkpoint
+    from acetune.preprocessing import batching, pipeline
+    from acetune.report import Report
+    from acetune.stages.preprocess import Args, load_encoders, read_songs
+    from audio_fixtures import make_audio
+    from stages.conftest import save_tiny_hubert
+
+    ckpt = save_tiny_checkpoint(root / "ckpt", transformer_overrides={"num_layers": 2}, lyric_vocab=vocab)
+    mert, mhubert = save_tiny_hubert(root / "mert", 1), save_tiny_hubert(root / "mhubert", 2)
+    folder = root / "songs"
+    folder.mkdir()
+    tags = ["rock, pop, female vocals, 120 bpm", "jazz", "ambient, slow, soft pads, field recordings, 70 bpm, tape"]
+    for i in range(songs):
+        make_audio(folder / f"song{i}.wav", 2, 44100, seconds * (0.6, 1.0, 1.4)[i % 3], seed=i)
+        (folder / f"song{i}_prompt.txt").write_text(tags[i % 3])
+    assert run_command("build-dataset", ["--data_dir", str(folder), "--output_name", str(root / "ds")]) == 0
+    args = Args(input_name=root / "ds", output_name=root / "unused", checkpoint_dir=ckpt, mert_dir=mert,
+                mhubert_dir=mhubert)
+    family = get_family(args.family)
+    encoders = load_encoders(args, family, torch.float32)
+    todo = read_songs(args.input_name, Report("bench"))
+    cases = [("all levers off (song by song, inline decode)", dict(num_workers=0, text_batch_size=1, pool_ssl=False)),
+             ("+ 2 decode threads ahead", dict(num_workers=2, text_batch_size=1, pool_ssl=False)),
+             ("+ text batched across songs", dict(num_workers=2, text_batch_size=32, pool_ssl=False)),
+             ("+ SSL chunks pooled (= --batch_songs)", dict(num_workers=2, text_batch_size=32, pool_ssl=True))]
+    pipeline.encode_part(todo, encoders, pipeline.Settings(device=torch.device("cpu")), Report("warm-up"))
+    out = []
+    for label, kw in cases + ([("all on + --compile", cases[-1][1])] if compile_ else []):
+        if label.endswith("--compile"):
+            batching.compile_encoders(encoders)
+            pipeline.encode_part(todo, encoders, pipeline.Settings(device=torch.device("cpu"), **kw), Report("warm"))
+        settings = pipeline.Settings(device=torch.device("cpu"), **kw)
+        walls, cpus = [], []
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            rows = pipeline.encode_part(todo, encoders, settings, Report("bench"))
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+            assert len(rows) == songs
+        out.append((label, songs / statistics.median(walls), statistics.median(cpus) / songs))
+    return out
+
+
 def official_shapes(root: Path, seconds: float = 60.0) -> list[tuple[str, float]]:
     from acetune.dataset import schema
     from acetune.preprocessing import store
@@ -89,10 +147,22 @@ def main() -> None:
     parser.add_argument("--songs", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--vocab", type=Path, default=Path(__file__).resolve().parents[2] / "shared/golden/lyrics/vocab.json")
+    parser.add_argument("--levers", action="store_true", help="time the encode loop with each lever on/off instead")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="with --levers: also time torch.compile")
     args = parser.parse_args()
     import os
 
     os.environ.setdefault("ACETUNE_NO_PROGRESS", "1")
+    if args.levers:
+        with tempfile.TemporaryDirectory() as tmp:
+            table = levers(Path(tmp), args.songs, args.seconds, args.vocab, args.repeats, args.compile)
+        print(f"\n{args.songs} songs of {0.6 * args.seconds:g}/{args.seconds:g}/{1.4 * args.seconds:g} s, tiny models "
+              f"+ 2 SSL stand-ins, CPU, {torch.get_num_threads()} thread(s), median of {args.repeats}")
+        print(f"{'case':46} {'songs/s':>8} {'CPU s/song':>11} {'vs off':>7}")
+        for label, rate, cpu in table:
+            print(f"{label:46} {rate:8.2f} {cpu:11.3f} {rate / table[0][1]:6.2f}x")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         rows = measured(root, args.songs, args.seconds, args.vocab)

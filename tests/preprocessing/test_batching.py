@@ -11,7 +11,8 @@ import torch
 from acetune.preprocessing import batching, ssl
 from acetune.preprocessing.reader import prefetch
 
-# Batched and per-song passes differ only by the float rounding of other matrix shapes.
+# Batched and per-song passes differ only by the float rounding of other matrix shapes (not bit for
+# bit: that is why --batch_songs is off by default; measured max |diff| ~1e-7 at these sizes).
 ATOL = 1e-5
 
 

@@ -13,8 +13,10 @@ Two encoders are batched across the songs of a part:
   have no attention mask or batch statistics, so no chunk sees another; batches stay full across
   song boundaries instead of ending with a short one per song.
 
-Equality with the one-song-at-a-time path is asserted in tests/preprocessing/test_batching.py
-(float rounding of different matrix shapes only). The DCAE is not batched here: its EfficientViT
+Equality with the one-song-at-a-time path is asserted in tests/preprocessing/test_batching.py to
+1e-5 absolute: other matrix shapes round differently, so it is not bit for bit, and a song's row
+would depend on which songs share its part (shards, resumes, --part_size). That is why
+`acetune preprocess --batch_songs` is off by default. The DCAE is not batched here: its EfficientViT
 attention sums statistics over the whole song, so a padded shorter song would not give its own
 latents, and the codec's `encode` runs clip by clip anyway.
 """

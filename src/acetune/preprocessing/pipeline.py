@@ -7,10 +7,10 @@ and back (`on_device`), so peak device memory is the largest single encoder plus
     1. per song, in order: lyric tokens, prompt variants, speaker embedding (CPU); audio decoded by
        `num_workers` threads ahead (`reader.prefetch`) while the codec (on the device) encodes the
        previous song; the 48 kHz audio is dropped after encoding, keeping only the small SSL inputs;
-    2. text encoder (on the device): the K prompt variants of every song of the part, songs of
-       similar prompt length batched together (`batching.encode_texts`);
-    3. each SSL model in turn (on the device): its features for every sample of the part, the chunks
-       of all samples pooled into full batches (`batching.ssl_features_pooled`).
+    2. text encoder (on the device): the K prompt variants of every song of the part (with
+       --batch_songs, songs of similar prompt length batched together: `batching.encode_texts`);
+    3. each SSL model in turn (on the device): its features for every sample of the part (with
+       --batch_songs, the chunks of all samples pooled into full batches: `batching.ssl_features_pooled`).
 
 Each song's audio is decoded, resampled and encoded once, whatever the number of prompt variants.
 
@@ -66,8 +66,9 @@ class Settings:
     loudness_lufs: float | None = None
     ssl_batch_size: int = 8
     num_workers: int = 2
-    text_batch_size: int = 32  # prompts per text-encoder pass, songs bucketed by prompt length (1: per song)
-    pool_ssl: bool = True  # SSL chunks of all songs of a part share batches (False: song by song)
+    # --batch_songs (off by default: batched rows equal song-by-song rows only to float rounding)
+    text_batch_size: int = 1  # prompts per text-encoder pass, songs bucketed by prompt length (1: per song)
+    pool_ssl: bool = False  # SSL chunks of all songs of a part share batches (False: song by song)
 
 
 @dataclass

@@ -70,7 +70,7 @@ class Args:
                                            "targets (needs --trust_remote_code)")
     mhubert_dir: Path | None = arg(None, help="mHuBERT-147 folder or Hub id (`mhubert`): store its SSL targets")
     trust_remote_code: bool = arg(False, help="allow an SSL model folder's own Python code to run (MERT needs it)")
-    ssl_batch_size: int = arg(8, help="SSL chunks per forward pass (does not change results)")
+    ssl_batch_size: int = arg(8, help="SSL chunks per forward pass (changes results only by float rounding)")
     num_shards: int = arg(1, help="split the songs into this many disjoint shards, one per scheduler job (under "
                                   "accelerate launch / torchrun the processes also split each shard)")
     shard_index: int = arg(0, help="which shard this run encodes (0-based)")
@@ -78,8 +78,9 @@ class Args:
                                          "while none of them finishes a part, before it stops with an error")
     part_size: int = arg(16, help="songs per written part (the most work a crash can lose)")
     num_workers: int = arg(2, help="audio decoding threads (decode the next songs while the encoders run; 0: inline)")
-    text_batch_size: int = arg(32, help="prompts per text-encoder pass; songs of similar prompt length are batched "
-                                        "(does not change results beyond float rounding; 1: song by song)")
+    batch_songs: bool = arg(False, help="batch the text encoder (songs of similar prompt length) and the SSL models "
+                                        "across the songs of a part: faster, equal to song by song only to float "
+                                        "rounding, so shards and resumes are no longer bit-identical")
     compile: bool = arg(False, help="torch.compile the DCAE encoder, text encoder and SSL models (slow first "
                                     "songs, faster after; needs a C++ compiler on CPU)")
     merge: list[Path] = arg(help="merge mode: copy the songs of these preprocessed outputs into --output_name",
@@ -300,7 +301,7 @@ def encode(args: Args, launch: distributed.Launch) -> int:
                                  seed=args.seed, max_duration=args.max_duration or None, split=args.split,
                                  split_overlap=args.split_overlap, loudness_lufs=args.loudness_lufs,
                                  ssl_batch_size=args.ssl_batch_size, num_workers=args.num_workers,
-                                 text_batch_size=args.text_batch_size)
+                                 text_batch_size=32 if args.batch_songs else 1, pool_ssl=args.batch_songs)
     start = time.perf_counter()
     rows = 0
     bar = progress(total=len(todo), desc="preprocess", unit="song", smoothing=0)
