@@ -78,11 +78,9 @@ class Args:
                                          "while none of them finishes a part, before it stops with an error")
     part_size: int = arg(16, help="songs per written part (the most work a crash can lose)")
     num_workers: int = arg(2, help="audio decoding threads (decode the next songs while the encoders run; 0: inline)")
-    batch_songs: bool = arg(False, help="batch the text encoder (songs of similar prompt length) and the SSL models "
-                                        "across the songs of a part: faster, equal to song by song only to float "
-                                        "rounding, so shards and resumes are no longer bit-identical")
-    compile: bool = arg(False, help="torch.compile the DCAE encoder, text encoder and SSL models (slow first "
-                                    "songs, faster after; needs a C++ compiler on CPU)")
+    batch_songs: bool = arg(False, help="batch text encoder and SSL models across songs: faster, but rows equal "
+                                        "song-by-song ones only to float rounding (shards/resumes not bit-identical)")
+    compile: bool = arg(False, help="torch.compile the heavy encoders (slow first songs; needs a C++ compiler on CPU)")
     merge: list[Path] = arg(help="merge mode: copy the songs of these preprocessed outputs into --output_name",
                             default_factory=list)
     overwrite: bool = arg(False, help="delete an existing output first instead of resuming it")
@@ -262,8 +260,7 @@ def encode(args: Args, launch: distributed.Launch) -> int:
     all_songs = read_songs(args.input_name, report)
     songs = split.rank_songs(all_songs)
     encoders = load_encoders(args, family, dtype)
-    if args.compile:
-        pipeline.batching.compile_encoders(encoders)
+    pipeline.batching.compile_encoders(encoders) if args.compile else None
     meta = build_meta(args, family, encoders.ssl_names, dtype, device, sources)
     meta.settings.update(split.settings())
     out = args.output_name
