@@ -19,6 +19,12 @@ The tiny golden-structure codec runs by default; the official-size DCAE (det_ini
 parameters, ~1.5 TFLOP per 30 s, several GB for a one-shot 6-minute song) only with --official:
 
     OMP_NUM_THREADS=1 python benchmarks/codec.py [--seconds 30 120] [--official --official-seconds 120 240 360]
+
+--levers times the official encoder's speed levers in ONE process, variants interleaved (A B C A B C ...),
+on a 30 s song: fp32 / bf16 in the default layout / bf16 channels-last, plus the mel front end; wall and
+process CPU seconds, each as a pairwise ratio to bf16 in the default layout; rel L2 to the fp32 one pass:
+
+    OMP_NUM_THREADS=2 python benchmarks/codec.py --levers [--lever-seconds 30 --lever-repeats 3]
 """
 
 from __future__ import annotations
@@ -154,6 +160,59 @@ def rows(quick: bool) -> list[tuple[str, str, float, str]]:
     return out
 
 
+LEVERS = {  # name: (dtype, channels-last)
+    "fp32, default layout": (torch.float32, False),
+    "bf16, default layout": (torch.bfloat16, False),
+    "bf16, channels-last": (torch.bfloat16, True),
+}
+
+
+@torch.no_grad()
+def levers(seconds: float, repeats: int) -> None:
+    """Print per-variant median seconds per encoder call, ratio to bf16 default layout, rel L2 to fp32."""
+    import copy
+    import statistics
+
+    from acetune.audio.resample import resample
+    from acetune.dataset.demo_songs import SONGS, render_song
+
+    codec = _build("official")
+    audio = resample(torch.from_numpy(render_song(SONGS[0], seconds))[None], 48000, 44100)[0][None]
+    mel = codec.dcae_input(audio)
+    reference = codec.dcae.encoder(mel)
+    variants = {}
+    for name, (dtype, channels_last) in LEVERS.items():
+        enc, x = copy.deepcopy(codec.dcae.encoder).to(dtype), mel.to(dtype)
+        if channels_last:
+            enc, x = enc.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        variants[name] = (enc, x)
+    times: dict[str, list[float]] = {name: [] for name in ["mel front end", *variants]}
+    cpu: dict[str, list[float]] = {name: [] for name in times}  # process CPU seconds: steadier under load
+    for _ in range(repeats + 1):  # the first round warms up and is dropped
+        for name in times:
+            enc, x = variants.get(name, (None, None))
+            t0, c0 = time.perf_counter(), time.process_time()
+            codec.dcae_input(audio) if enc is None else enc(x)
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    base, base_cpu = times["bf16, default layout"][1:], cpu["bf16, default layout"][1:]
+    print(f"official DCAE encoder, {seconds:g} s song ({mel.shape[-1] // 8} latent frames), "
+          f"{torch.get_num_threads()} threads, {repeats} interleaved rounds after one warm-up")
+    print(f"{'variant':<24} {'median s':>9} {'/ bf16 default':>15} {'CPU s':>7} {'CPU / bf16 default':>19} "
+          f"{'rel L2 vs fp32':>15}")
+    for name, t in times.items():
+        t, c = t[1:], cpu[name][1:]
+        ratio = statistics.median(a / b for a, b in zip(t, base))  # pairwise: one round's drift cancels
+        cpu_ratio = statistics.median(a / b for a, b in zip(c, base_cpu))
+        rel = "—"
+        if name in variants:
+            enc, x = variants[name]
+            out = enc(x).float()
+            rel = f"{float((out - reference).norm() / reference.norm()):.2e}"
+        print(f"{name:<24} {statistics.median(t):>9.2f} {ratio:>15.2f} {statistics.median(c):>7.2f} {cpu_ratio:>19.2f} "
+              f"{rel:>15}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, nargs="*", default=[30, 120], help="song lengths for the tiny DCAE")
@@ -164,12 +223,18 @@ def main() -> None:
     ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/acetune-codec-bench"),
                     help="folder for the one-shot outputs that the other modes are compared with")
+    ap.add_argument("--levers", action="store_true", help="time the official encoder's speed levers (see above)")
+    ap.add_argument("--lever-seconds", type=float, default=30.0)
+    ap.add_argument("--lever-repeats", type=int, default=3)
     ap.add_argument("--worker", nargs=4, metavar=("MODEL", "SECONDS", "OP", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.worker:
         model, seconds, op, mode = args.worker
         print(json.dumps(worker(model, float(seconds), op, mode, args.cache)))
+        return
+    if args.levers:
+        levers(args.lever_seconds, args.lever_repeats)
         return
     runs = [("tiny", s) for s in args.seconds] + [("official", s) for s in (args.official_seconds if args.official else [])]
     print(f"torch threads {torch.get_num_threads()} (set OMP_NUM_THREADS), CPU, fp32", file=sys.stderr)

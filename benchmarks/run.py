@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("decode_throughput", "codec", "transformer", "preprocess", "train", "full_finetune", "bpm_key_accuracy",
-              "demo", "studio_table")
+BENCHMARKS = ("decode_throughput", "codec", "transformer", "preprocess", "ssl_storage", "train", "full_finetune",
+              "bpm_key_accuracy", "demo", "studio_table")
 Row = tuple[str, str, float, str]
 
 

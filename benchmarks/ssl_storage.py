@@ -49,18 +49,14 @@ def current(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     return schema.decode_ssl(data, shape), 8 * len(data) / x.numel()
 
 
-def main() -> None:
+def measure(seconds: int):
+    """Yield (kind, size, [(min cosine, loss rel change, bits/value) for legacy, current])."""
     from acetune.models.v1.transformer import ssl_projection_loss
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=int, default=60)
-    args = ap.parse_args()
     g = torch.Generator().manual_seed(0)
-    print(f"{'features':<15} {'size':<8} {'6-bit min cos':>13} {'loss rel':>9} {'now min cos':>12} {'loss rel':>9} "
-          f"{'bits/value':>10}")
     for kind in KINDS:
         for size, (rate, width) in SIZES.items():
-            x = features(kind, rate * args.seconds, width, g)
+            x = features(kind, rate * seconds, width, g)
             rms = x.pow(2).mean(-1, keepdim=True).sqrt()
             predicted = (x + 0.75 * rms * torch.randn(x.shape, generator=g))[None]
             exact = ssl_projection_loss(predicted, [x])
@@ -70,8 +66,34 @@ def main() -> None:
                 cos = F.cosine_similarity(back, x, dim=-1).min().item()
                 rel = abs(ssl_projection_loss(predicted, [back]) - exact).item() / exact.item()
                 cols.append((cos, rel, bits))
-            (c0, r0, _), (c1, r1, b1) = cols
-            print(f"{kind:<15} {size:<8} {c0:>13.5f} {r0:>9.1e} {c1:>12.5f} {r1:>9.1e} {b1:>10.2f}", flush=True)
+            yield kind, size, cols
+
+
+def rows(quick: bool) -> list[tuple[str, str, float, str]]:
+    """Worst case over every distribution, per model size, of the current encoding (benchmarks/run.py)."""
+    seconds = 10 if quick else 60
+    worst: dict[str, list[float]] = {}
+    for _, size, cols in measure(seconds):
+        cos, rel, bits = cols[1]
+        w = worst.setdefault(size, [1.0, 0.0, 0.0])
+        worst[size] = [min(w[0], cos), max(w[1], rel), max(w[2], bits)]
+    out = []
+    for size, (cos, rel, bits) in worst.items():
+        config = f"{size} width, {len(KINDS)} distributions, {seconds} s"
+        out += [("SSL storage 1 - min per-frame cosine", config, 1 - cos, "(goal <= 5e-4)"),
+                ("SSL storage loss change (max)", config, rel, "relative (goal <= 1e-3)"),
+                ("SSL storage size (max)", config, bits, "bits/value")]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=60)
+    args = ap.parse_args()
+    print(f"{'features':<15} {'size':<8} {'6-bit min cos':>13} {'loss rel':>9} {'now min cos':>12} {'loss rel':>9} "
+          f"{'bits/value':>10}")
+    for kind, size, ((c0, r0, _), (c1, r1, b1)) in measure(args.seconds):
+        print(f"{kind:<15} {size:<8} {c0:>13.5f} {r0:>9.1e} {c1:>12.5f} {r1:>9.1e} {b1:>10.2f}", flush=True)
 
 
 if __name__ == "__main__":
