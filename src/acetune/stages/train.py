@@ -268,12 +268,10 @@ def run(args: Args) -> int:
               f"continue with: {resume_command(args)}", file=sys.stderr, flush=True)
     if not summary["replicas_in_sync"]:
         raise TrainingError("the processes ended with different LoRA weights", fix="report this with the command line")
-    if args.full and not summary["stopped"] and run_.accelerator.is_main_process:
-        from acetune.training.full import write_model_folder
+    if args.full and not summary["stopped"]:
+        from acetune.training.full import write_final_model
 
-        folder = write_model_folder(run_.family, run_.checkpoint_dir, run_.setup.lora_state(run_.model),
-                                    Path(args.output_dir) / "transformer", dtype=PRECISIONS[args.precision][0])
-        echo(f"fine-tuned transformer: {folder} (from_pretrained folder; `acetune export --extract_lora` makes a LoRA of it)")
+        write_final_model(run_, Path(args.output_dir), PRECISIONS[args.precision][0])  # FSDP: every rank gathers
     return stopping.exit_code() if summary["stopped"] else 0
 
 

@@ -54,6 +54,16 @@ class FullSetup:
                 params[name].copy_(state[name])
 
 
+    def present_in(self, model: torch.nn.Module) -> FullSetup:
+        """This setup without the tensors the model freed since (e.g. SSL projectors when SSL is off)."""
+        params = dict(model.named_parameters())
+        kept = [(n, p) for n, p in zip(self.names, self.params) if n in params and params[n] is p]
+        if len(kept) == len(self.names):
+            return self
+        config = {**self.config, "parameters": int(sum(p.numel() for _, p in kept))}
+        return FullSetup(config=config, names=[n for n, _ in kept], params=[p for _, p in kept])
+
+
 def matches(name: str, patterns: list[str]) -> bool:
     """fnmatch on the parameter name, or on its module path (so `transformer_blocks.*.attn` selects a module)."""
     module = name.rsplit(".", 1)[0]
@@ -105,3 +115,14 @@ def write_model_folder(family, checkpoint_dir: Path, trained: dict[str, torch.Te
     (out_dir / "acetune_full_finetune.json").write_text(
         json.dumps({"base": str(checkpoint_dir), "trained_tensors": len(trained)}, indent=2) + "\n")
     return out_dir
+
+
+def write_final_model(run, output_dir: Path, dtype: torch.dtype) -> None:
+    """End of a `--full` run: `<output_dir>/transformer/` (from_pretrained) plus the family's single-file
+    ComfyUI checkpoint beside it. Under FSDP every rank must call this (the gather is a collective)."""
+    trained = run.setup.lora_state(run.model)
+    if not run.accelerator.is_main_process:
+        return
+    folder = write_model_folder(run.family, run.checkpoint_dir, trained, output_dir / "transformer", dtype=dtype)
+    run.echo(f"fine-tuned transformer: {folder} (from_pretrained folder; `acetune export --extract_lora` makes a "
+             "LoRA of it)")
