@@ -59,6 +59,8 @@ EXAMPLES = """examples:
   acetune export --input_name official_lora_folder --format comfyui
   # a --dora run for ComfyUI (dora_scale needs the base weights):
   acetune export --input_name ckpt/step-000400 --format comfyui --checkpoint_dir ACE-Step-v1-3.5B
+  # a LoRA from a full fine-tune (`acetune train --full`), keeping 90% of each layer's delta energy:
+  acetune export --extract_lora --base ACE-Step/ACE-Step-v1-3.5B --tuned checkpoints/run/transformer --energy 0.9
   # merge into the base transformer at strength 0.8:
   acetune export --input_name lora.safetensors --merge --checkpoint_dir ACE-Step/ACE-Step-v1-3.5B --strength 0.8
 """
@@ -68,7 +70,7 @@ FORMATS = {"peft": lk.STYLE_BARE, "comfyui": lk.STYLE_COMFYUI, "kohya": lk.STYLE
 
 @dataclass
 class Args:
-    input_name: str = arg(help="LoRA .safetensors file, or a folder holding pytorch_lora_weights.safetensors "
+    input_name: str = arg("", help="LoRA .safetensors file, or a folder holding pytorch_lora_weights.safetensors "
                                "or adapter_model.safetensors (v1, or any ACE-Step 1.5 layout: found from the keys)",
                           aliases=("--input",))
     output_name: str | None = arg(None, help="output .safetensors file, or a folder (then weights + "
@@ -99,9 +101,34 @@ class Args:
     strength: float = arg(1.0, help="with --merge: LoRA strength (1.0 = as trained)")
     assume_baked: bool = arg(False, help="the file has no config and no .alpha: treat its scale as 1 "
                                          "(a LoRA already baked)")
+    extract_lora: bool = arg(False, help="make a LoRA of a full fine-tune: truncated SVD of each linear layer's "
+                             "weight delta (--tuned minus --base), written in ComfyUI keys at strength 1.0, with "
+                             "the kept energy per module and overall")
+    base: str = arg("", help="with --extract_lora: the model before fine-tuning (transformer folder, checkpoint "
+                    "folder holding it, or .safetensors)")
+    tuned: str = arg("", help="with --extract_lora: the fine-tuned model (e.g. <output_dir>/transformer of "
+                     "`acetune train --full`)")
+    rank: int | None = arg(None, help="with --extract_lora: keep this many singular values per module")
+    energy: float | None = arg(None, help="with --extract_lora: keep the smallest rank whose squared singular "
+                               "values reach this fraction of the delta's (e.g. 0.9)")
 
     def __post_init__(self):
         problems = []
+        if self.extract_lora:
+            if not self.base or not self.tuned:
+                problems.append("--extract_lora needs --base and --tuned")
+            if (self.rank is None) == (self.energy is None):
+                problems.append("--extract_lora needs exactly one of --rank R or --energy E")
+            if self.rank is not None and self.rank < 1:
+                problems.append("--rank must be >= 1")
+            if self.energy is not None and not 0.0 < self.energy <= 1.0:
+                problems.append("--energy must be in (0, 1], e.g. 0.9")
+            if self.input_name:
+                problems.append("--extract_lora reads --base and --tuned, not --input_name")
+        elif not self.input_name:
+            problems.append("--input_name is required (or --extract_lora --base --tuned)")
+        elif self.base or self.tuned or self.rank is not None or self.energy is not None:
+            problems.append("--base, --tuned, --rank and --energy belong to --extract_lora")
         if self.resize is not None and self.resize_energy is not None:
             problems.append("--resize and --resize_energy both given: choose one")
         if self.resize is not None and self.resize < 1:
@@ -274,6 +301,10 @@ def adapter_family(path: Path):
 
 
 def run(args: Args) -> int:
+    if args.extract_lora:
+        from acetune.stages.extract_lora import run_extract
+
+        return run_extract(args)
     # a Hub id is fetched (the transformer only: merging, DoRA scales and width checks read nothing else)
     hub.resolve_args(args, checkpoint_dir="train")
     path = resolve_adapter_file(args.input_name)
