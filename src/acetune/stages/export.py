@@ -101,6 +101,9 @@ class Args:
     strength: float = arg(1.0, help="with --merge: LoRA strength (1.0 = as trained)")
     assume_baked: bool = arg(False, help="the file has no config and no .alpha: treat its scale as 1 "
                                          "(a LoRA already baked)")
+    comfyui_checkpoint: bool = arg(False, help="--input_name is a full fine-tune's transformer folder (or the "
+                                   "checkpoint holding it): write it as one file for ComfyUI's 'Load Diffusion "
+                                   "Model' (ACE-Step v1)")
     extract_lora: bool = arg(False, help="make a LoRA of a full fine-tune: truncated SVD of each linear layer's "
                              "weight delta (--tuned minus --base), written in ComfyUI keys at strength 1.0, with "
                              "the kept energy per module and overall")
@@ -305,6 +308,10 @@ def run(args: Args) -> int:
         from acetune.stages.extract_lora import run_extract
 
         return run_extract(args)
+    if args.comfyui_checkpoint:
+        from acetune.stages.extract_lora import run_comfyui_checkpoint
+
+        return run_comfyui_checkpoint(args)
     # a Hub id is fetched (the transformer only: merging, DoRA scales and width checks read nothing else)
     hub.resolve_args(args, checkpoint_dir="train")
     path = resolve_adapter_file(args.input_name)

@@ -1,4 +1,5 @@
-"""`acetune export --extract_lora --base BASE --tuned TUNED --rank R | --energy E`.
+"""`acetune export --extract_lora --base BASE --tuned TUNED --rank R | --energy E`, and
+`acetune export --comfyui_checkpoint --input_name TRANSFORMER` (a full fine-tune as one ComfyUI file).
 
 A full fine-tune shared as a small LoRA: `lora/extract.py` takes the truncated SVD of every changed
 linear weight; this writes it in the family's ComfyUI layout with scale 1 (loads at strength 1.0:
@@ -94,4 +95,22 @@ def run_extract(args) -> int:
     for line in summary_lines(report):
         print(line)
     print(f"wrote {len(modules)} modules (ComfyUI keys, ACE-Step {family}, scale baked: load at strength 1.0) to {out}")
+    return 0
+
+
+def run_comfyui_checkpoint(args) -> int:
+    """Write the single-file ComfyUI checkpoint of a transformer folder (`training/full.py` layout)."""
+    from acetune.training.full import write_comfyui_checkpoint
+
+    folder = weights_path(args.input_name, "--input_name")
+    if folder.is_file():
+        raise InputError(f"--input_name {args.input_name}: give the transformer folder, not a single file")
+    out = Path(args.output_name) if args.output_name else folder.parent / f"{folder.name}_comfyui.safetensors"
+    if out.exists() and not args.overwrite:
+        raise UsageError("exists already", path=out, fix="pass --overwrite to replace it, or choose another --output_name")
+    if family_of(folder) != "v1":
+        raise InputError(f"--input_name {args.input_name}: only ACE-Step v1 has a single-file ComfyUI checkpoint "
+                         "in acetune so far", fix="for ACE-Step 1.5 share a LoRA: acetune export --extract_lora")
+    written = write_comfyui_checkpoint(folder, out)
+    print(f"wrote {written} (ComfyUI: models/diffusion_models/, 'Load Diffusion Model')")
     return 0
