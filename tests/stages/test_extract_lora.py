@@ -94,3 +94,22 @@ def test_mismatched_models_are_one_line_errors(tiny_ckpt, tmp_path, capsys):
     assert code != 0 and "--tuned" in err and len(err.strip().splitlines()) == 1
     code = run_command("export", ["--extract_lora", "--base", str(tiny_ckpt), "--tuned", str(other)])
     assert code != 0 and "exactly one of --rank R or --energy E" in capsys.readouterr().err
+
+
+def test_acestep15_extraction_uses_the_comfyui_15_names(tmp_path, capsys):
+    """1.5: keys `base_model.model.<original 1.5 module>` (q_proj ... o_proj), which ComfyUI maps (facts)."""
+    from acetune.models.v15.tiny import save_tiny_checkpoint_v15
+
+    base = save_tiny_checkpoint_v15(tmp_path / "v15")
+    deltas = _tuned_copy(base / "transformer", tmp_path / "tuned", seed=2)
+    out = tmp_path / "lora.safetensors"
+    assert run_command("export", ["--extract_lora", "--base", str(base), "--tuned", str(tmp_path / "tuned"),
+                                  "--rank", "2", "--output_name", str(out)]) == 0, capsys.readouterr()
+    lora = load_file(str(out))
+    assert all(k.startswith("base_model.model.") for k in lora)
+    assert not any(".to_q." in k or ".to_out." in k for k in lora) and any(".o_proj." in k for k in lora)
+    module = "layers.0.self_attn.to_out.0"
+    a = lora["base_model.model.layers.0.self_attn.o_proj.lora_A.weight"].double()
+    b = lora["base_model.model.layers.0.self_attn.o_proj.lora_B.weight"].double()
+    expected, _ = _truncated(deltas[module], 2)
+    torch.testing.assert_close(b @ a, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
