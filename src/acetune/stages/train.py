@@ -5,7 +5,8 @@ mean something); see docs/train.md for every flag and the migration table. Check
 `--output_dir/step-NNNNNN/` (LoRA in the ComfyUI-loadable peft layout + everything a resume needs);
 `--resume` continues from the newest one exactly.
 
-Several GPUs: `accelerate launch --num_processes N -m acetune train ...` (DDP).
+Several GPUs: `accelerate launch --config_file config/accelerate_ddp.yaml -m acetune train ...` (DDP, LoRA) or
+`config/accelerate_fsdp.yaml` with `--full` (FSDP, `training/sharding.py`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ EXAMPLES = """examples:
   acetune train --dataset_path data/prep --checkpoint_dir ckpt --int8
   # train as the woct0rdho fork does (no condition dropout, bf16 LoRA, one prompt per song, ...)
   acetune train --dataset_path data/prep --checkpoint_dir ckpt --recipe fork
+  # full fine-tune sharded over 8 GPUs (FSDP), then a LoRA of it:
+  accelerate launch --config_file config/accelerate_fsdp.yaml -m acetune train --full --dataset_path data/prep \
+      --checkpoint_dir ckpt --output_dir checkpoints/full
+  acetune export --extract_lora --base ckpt --tuned checkpoints/full/transformer --energy 0.9
 """
 
 

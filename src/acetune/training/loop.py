@@ -8,6 +8,8 @@ sample with fixed noise, to prove the setup can learn at all.
 Distributed: the step module is wrapped by accelerate (DDP when launched with several processes,
 gloo on CPU). Each rank reads every `world`-th sample (`EpochShuffleSampler`); only rank 0 logs,
 saves and validates. A resume is bitwise exact in one process (rank 0's RNG is what is saved).
+FSDP (`--full` under an FSDP accelerate config): the model comes sharded from `training/sharding.py`;
+every rank joins each checkpoint save (the gather is a collective), rank 0 writes.
 """
 
 from __future__ import annotations
