@@ -117,21 +117,9 @@ class Args:
 
     def __post_init__(self):
         problems = []
-        if self.extract_lora:
-            if not self.base or not self.tuned:
-                problems.append("--extract_lora needs --base and --tuned")
-            if (self.rank is None) == (self.energy is None):
-                problems.append("--extract_lora needs exactly one of --rank R or --energy E")
-            if self.rank is not None and self.rank < 1:
-                problems.append("--rank must be >= 1")
-            if self.energy is not None and not 0.0 < self.energy <= 1.0:
-                problems.append("--energy must be in (0, 1], e.g. 0.9")
-            if self.input_name:
-                problems.append("--extract_lora reads --base and --tuned, not --input_name")
-        elif not self.input_name:
-            problems.append("--input_name is required (or --extract_lora --base --tuned)")
-        elif self.base or self.tuned or self.rank is not None or self.energy is not None:
-            problems.append("--base, --tuned, --rank and --energy belong to --extract_lora")
+        from acetune.stages.extract_lora import extract_problems
+
+        problems += extract_problems(self)
         if self.resize is not None and self.resize_energy is not None:
             problems.append("--resize and --resize_energy both given: choose one")
         if self.resize is not None and self.resize < 1:

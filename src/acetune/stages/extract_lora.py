@@ -25,6 +25,22 @@ V15_TRANSFORMER_DIR = "transformer"  # the diffusers AceStepPipeline folder's Di
 V1_MARKER = "genre_embedder.weight"  # only ACE-Step v1 has it (ComfyUI detects v1 by it too)
 
 
+def extract_problems(args) -> list[str]:
+    """Flag problems of `--extract_lora` (and of its flags given without it), for `export.Args`."""
+    if not args.extract_lora:
+        if not args.input_name:
+            return ["--input_name is required (or --extract_lora --base --tuned)"]
+        if args.base or args.tuned or args.rank is not None or args.energy is not None:
+            return ["--base, --tuned, --rank and --energy belong to --extract_lora"]
+        return []
+    checks = ((not args.base or not args.tuned, "--extract_lora needs --base and --tuned"),
+              ((args.rank is None) == (args.energy is None), "--extract_lora needs exactly one of --rank R or --energy E"),
+              (args.rank is not None and args.rank < 1, "--rank must be >= 1"),
+              (args.energy is not None and not 0.0 < args.energy <= 1.0, "--energy must be in (0, 1], e.g. 0.9"),
+              (bool(args.input_name), "--extract_lora reads --base and --tuned, not --input_name"))
+    return [message for bad, message in checks if bad]
+
+
 def weights_path(given: str, flag: str) -> Path:
     """The folder or file holding the transformer weights for `--base` / `--tuned`."""
     path = Path(given)
