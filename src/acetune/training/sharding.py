@@ -47,6 +47,8 @@ def check_fsdp_run(args, accelerator) -> bool:
                                ("--validation_split", bool(args.validation_split)),
                                ("--validation_dataset", bool(args.validation_dataset)),
                                ("--overfit_check", args.overfit_check)) if on]
+    if getattr(args, "compile", False):
+        raise UsageError("--compile with FSDP is not tested yet", fix="drop --compile for a sharded --full run")
     if clashes:
         raise UsageError(f"{', '.join(clashes)} runs on rank 0 alone, which a sharded (FSDP) model cannot do",
                          fix="drop it, or validate the saved transformer folder after the run")
