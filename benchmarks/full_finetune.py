@@ -15,6 +15,7 @@ On N GPUs (FSDP full shard / ZeRO-3) the per-parameter bytes are divided by N, a
 holds two gathered blocks in bf16 (the one computing and the one prefetched).
 
     python benchmarks/full_finetune.py            # the table (about a minute, CPU only)
+    python benchmarks/full_finetune.py --measure  # measured step time and peak RSS, tiny and medium (CPU)
 
 ACE-Step 1.5 XL: the decoder width (2560), depth (32) and heads (32) are the release's; the MLP width is
 assumed 3 x 2560 as in the 2B model (then the decoder has 3.67B parameters).
@@ -168,7 +169,82 @@ def rows(quick: bool = False) -> list[tuple[str, str, float, str]]:
     return out
 
 
+# (config, --precision, audio length, optimizer) measured for real on the CPU, one subprocess each
+MEASURED = [("tiny", "32", "10s", "adamw"), ("tiny", "32", "60s", "adamw"), ("medium", "bf16-mixed", "10s", "adamw"),
+            ("medium", "bf16", "10s", "adafactor"), ("medium", "bf16-mixed", "60s", "adamw")]
+
+
+def measure_full(name: str, precision: str, length: str, optimizer_name: str, repeats: int = 3,
+                 warmup: int = 1) -> dict:
+    """Median seconds per full fine-tune step (every transformer weight trained, gradient checkpointing,
+    lyric encoder run every step as `--full` does) and the process's peak RSS."""
+    import resource
+    import statistics
+    import time
+
+    from acetune.models.v1.family import FAMILY
+    from acetune.models.v1.transformer import build_transformer
+    from acetune.parity.det_init import det_init_
+    from acetune.training.data import ConditionDropout, batch_to, make_batch
+    from acetune.training.full import setup_full
+    from acetune.training.optim import build_optimizer
+    from acetune.training.setup import PRECISIONS
+
+    bench = _train_bench()
+    compute, master, autocast = PRECISIONS[precision]
+    model = build_transformer(bench.configs()[name])
+    model.drop_unused_projections()
+    det_init_(model)
+    model.to(compute).enable_gradient_checkpointing()
+    setup = setup_full(model, [], master_dtype=master)
+    FAMILY.prepare_for_training(model, use_ssl=True, drop_lyric_path=False)
+    setup = setup.present_in(model)
+    model.train()
+    optimizer = build_optimizer(setup.params, optimizer_name, lr=1e-5)
+    s = bench.sample(model.config, length)
+    ssl_names = tuple(model.config.ssl_names)
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        batch = batch_to(make_batch([s], dropout=ConditionDropout(), ssl_names=ssl_names), torch.device("cpu"), compute)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            terms = FAMILY.training_loss(model, batch, shift=3.0, ssl_coeff=1.0)
+        terms.loss.backward()
+        torch.nn.utils.clip_grad_norm_(setup.params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"params": setup.config["parameters"], "time_s": statistics.median(times), "peak_rss_gb": peak / 2**30}
+
+
+def measured_table(threads: int = 2) -> list[tuple]:
+    """Each case in its own process (a clean peak RSS)."""
+    import json
+    import os
+    import subprocess
+
+    rows = []
+    for case in MEASURED:
+        code = (f"import json, sys, torch; torch.set_num_threads({threads}); sys.path.insert(0, {str(HERE)!r}); "
+                f"import full_finetune as f; print(json.dumps(f.measure_full(*{case!r})))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+        rows.append((*case, json.loads(out.stdout.strip().splitlines()[-1])))
+    return rows
+
+
 def main() -> int:
+    if "--measure" in sys.argv:
+        print("full fine-tune measured on this CPU (2 threads; median of 3 steps after 1 warm-up; peak RSS of the "
+              "process)")
+        print("| config | parameters | precision | audio | optimizer | s/step | peak RSS (GiB) |")
+        print("|---|---|---|---|---|---|---|")
+        for name, precision, length, opt, r in measured_table():
+            print(f"| {name} | {r['params'] / 1e6:.1f}M | {precision} | {length} | {opt} | {r['time_s']:.3f} | "
+                  f"{r['peak_rss_gb']:.2f} |")
+        return 0
     print(f"full fine-tune, analytic peak at {SECONDS} s, bf16 autocast, gradient checkpointing")
     print(f"| model | parameters | optimizer state scheme | 1 GPU (GB) | fits {GPU_GB:.0f} GB | per GPU of 8, FSDP (GB) |")
     print("|---|---|---|---|---|---|")

@@ -118,3 +118,30 @@ def test_no_matching_parameter_is_refused(tiny, tmp_path):
                                            "--max_steps", "1"))
     assert code != 0
 
+
+
+def test_comfyui_single_file_has_the_loader_keys(tiny, tmp_path, capsys):
+    """The end of a --full run writes `transformer_comfyui.safetensors`: ComfyUI strips `model.diffusion_model.`
+    (its checkpoint prefix, > 5 keys carry it), detects ACE-Step v1 by `genre_embedder.weight` and loads exactly
+    the official transformer keys (facts/comfyui-lora.md); the tensors are the fine-tuned ones."""
+    from acetune.training.full import COMFYUI_CHECKPOINT_FILE, COMFYUI_MODEL_PREFIX
+
+    checkpoint, data = tiny
+    flags = ["--full", "--max_steps", "2", "--every_n_train_steps", "2"]  # step 1 runs at LR 0 (warmup)
+    assert run_command("train", train_argv(data, checkpoint, tmp_path / "out", *flags)) == 0
+    assert "ComfyUI:" in capsys.readouterr().out
+    single = load_file(str(tmp_path / "out" / COMFYUI_CHECKPOINT_FILE))
+    official = load_file(str(next((checkpoint / "ace_step_transformer").glob("*.safetensors"))))
+    assert all(k.startswith(COMFYUI_MODEL_PREFIX) for k in single)
+    stripped = {k[len(COMFYUI_MODEL_PREFIX):]: v for k, v in single.items()}
+    assert stripped.keys() == official.keys() and "genre_embedder.weight" in stripped
+    assert all(stripped[k].shape == official[k].shape for k in official)
+    trained = _weights(tmp_path / "out" / "step-000002")
+    moved = [k for k in trained if not torch.equal(trained[k].float(), official[k].float())]
+    assert moved and all(torch.equal(stripped[k], trained[k].to(stripped[k].dtype)) for k in moved)
+    # and through export, from the transformer folder
+    out = tmp_path / "again.safetensors"
+    assert run_command("export", ["--comfyui_checkpoint", "--input_name", str(tmp_path / "out" / "transformer"),
+                                  "--output_name", str(out)]) == 0
+    again = load_file(str(out))
+    assert again.keys() == single.keys() and all(torch.equal(again[k], single[k]) for k in single)

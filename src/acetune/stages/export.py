@@ -59,6 +59,8 @@ EXAMPLES = """examples:
   acetune export --input_name official_lora_folder --format comfyui
   # a --dora run for ComfyUI (dora_scale needs the base weights):
   acetune export --input_name ckpt/step-000400 --format comfyui --checkpoint_dir ACE-Step-v1-3.5B
+  # a LoRA from a full fine-tune (`acetune train --full`), keeping 90% of each layer's delta energy:
+  acetune export --extract_lora --base ACE-Step/ACE-Step-v1-3.5B --tuned checkpoints/run/transformer --energy 0.9
   # merge into the base transformer at strength 0.8:
   acetune export --input_name lora.safetensors --merge --checkpoint_dir ACE-Step/ACE-Step-v1-3.5B --strength 0.8
 """
@@ -68,7 +70,7 @@ FORMATS = {"peft": lk.STYLE_BARE, "comfyui": lk.STYLE_COMFYUI, "kohya": lk.STYLE
 
 @dataclass
 class Args:
-    input_name: str = arg(help="LoRA .safetensors file, or a folder holding pytorch_lora_weights.safetensors "
+    input_name: str = arg("", help="LoRA .safetensors file, or a folder holding pytorch_lora_weights.safetensors "
                                "or adapter_model.safetensors (v1, or any ACE-Step 1.5 layout: found from the keys)",
                           aliases=("--input",))
     output_name: str | None = arg(None, help="output .safetensors file, or a folder (then weights + "
@@ -99,9 +101,25 @@ class Args:
     strength: float = arg(1.0, help="with --merge: LoRA strength (1.0 = as trained)")
     assume_baked: bool = arg(False, help="the file has no config and no .alpha: treat its scale as 1 "
                                          "(a LoRA already baked)")
+    comfyui_checkpoint: bool = arg(False, help="--input_name is a full fine-tune's transformer folder (or the "
+                                   "checkpoint holding it): write it as one file for ComfyUI's 'Load Diffusion "
+                                   "Model' (ACE-Step v1)")
+    extract_lora: bool = arg(False, help="make a LoRA of a full fine-tune: truncated SVD of each linear layer's "
+                             "weight delta (--tuned minus --base), written in ComfyUI keys at strength 1.0, with "
+                             "the kept energy per module and overall")
+    base: str = arg("", help="with --extract_lora: the model before fine-tuning (transformer folder, checkpoint "
+                    "folder holding it, or .safetensors)")
+    tuned: str = arg("", help="with --extract_lora: the fine-tuned model (e.g. <output_dir>/transformer of "
+                     "`acetune train --full`)")
+    rank: int | None = arg(None, help="with --extract_lora: keep this many singular values per module")
+    energy: float | None = arg(None, help="with --extract_lora: keep the smallest rank whose squared singular "
+                               "values reach this fraction of the delta's (e.g. 0.9)")
 
     def __post_init__(self):
         problems = []
+        from acetune.stages.extract_lora import extract_problems
+
+        problems += extract_problems(self)
         if self.resize is not None and self.resize_energy is not None:
             problems.append("--resize and --resize_energy both given: choose one")
         if self.resize is not None and self.resize < 1:
@@ -274,6 +292,14 @@ def adapter_family(path: Path):
 
 
 def run(args: Args) -> int:
+    if args.extract_lora:
+        from acetune.stages.extract_lora import run_extract
+
+        return run_extract(args)
+    if args.comfyui_checkpoint:
+        from acetune.stages.extract_lora import run_comfyui_checkpoint
+
+        return run_comfyui_checkpoint(args)
     # a Hub id is fetched (the transformer only: merging, DoRA scales and width checks read nothing else)
     hub.resolve_args(args, checkpoint_dir="train")
     path = resolve_adapter_file(args.input_name)

@@ -5,7 +5,8 @@ mean something); see docs/train.md for every flag and the migration table. Check
 `--output_dir/step-NNNNNN/` (LoRA in the ComfyUI-loadable peft layout + everything a resume needs);
 `--resume` continues from the newest one exactly.
 
-Several GPUs: `accelerate launch --num_processes N -m acetune train ...` (DDP).
+Several GPUs: `accelerate launch --config_file config/accelerate_ddp.yaml -m acetune train ...` (DDP, LoRA) or
+`config/accelerate_fsdp.yaml` with `--full` (FSDP, `training/sharding.py`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ EXAMPLES = """examples:
   acetune train --dataset_path data/prep --checkpoint_dir ckpt --int8
   # train as the woct0rdho fork does (no condition dropout, bf16 LoRA, one prompt per song, ...)
   acetune train --dataset_path data/prep --checkpoint_dir ckpt --recipe fork
+  # full fine-tune sharded over 8 GPUs (FSDP), then a LoRA of it:
+  accelerate launch --config_file config/accelerate_fsdp.yaml -m acetune train --full --dataset_path data/prep \
+      --checkpoint_dir ckpt --output_dir checkpoints/full
+  acetune export --extract_lora --base ckpt --tuned checkpoints/full/transformer --energy 0.9
 """
 
 
@@ -268,12 +273,10 @@ def run(args: Args) -> int:
               f"continue with: {resume_command(args)}", file=sys.stderr, flush=True)
     if not summary["replicas_in_sync"]:
         raise TrainingError("the processes ended with different LoRA weights", fix="report this with the command line")
-    if args.full and not summary["stopped"] and run_.accelerator.is_main_process:
-        from acetune.training.full import write_model_folder
+    if args.full and not summary["stopped"]:
+        from acetune.training.full import write_final_model
 
-        folder = write_model_folder(run_.family, run_.checkpoint_dir, run_.setup.lora_state(run_.model),
-                                    Path(args.output_dir) / "transformer", dtype=PRECISIONS[args.precision][0])
-        echo(f"fine-tuned transformer: {folder} (from_pretrained folder; `acetune export --extract_lora` makes a LoRA of it)")
+        write_final_model(run_, Path(args.output_dir), PRECISIONS[args.precision][0])  # FSDP: every rank gathers
     return stopping.exit_code() if summary["stopped"] else 0
 
 

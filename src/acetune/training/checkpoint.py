@@ -31,6 +31,7 @@ import secrets
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,7 @@ def save_checkpoint(
     param_names: list[str] | None = None,
     keep_last: int | None = None,
     weights_file: str = LORA_WEIGHTS_FILE,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write `output_dir/step-NNNNNN/` atomically and return its path.
 
@@ -191,6 +193,8 @@ def save_checkpoint(
             optimizer state is never applied to the wrong tensors.
         keep_last: prune to the newest `keep_last` checkpoints afterwards (None/<=0: keep all).
         weights_file: where the weights go (`FULL_WEIGHTS_FILE` for a full fine-tune).
+        optimizer_state: instead of `optimizer.state_dict()`, this state in the same layout (FSDP
+            gathers its shards into it, so the folder does not depend on the number of processes).
     """
     parent = Path(output_dir)
     parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +208,8 @@ def save_checkpoint(
         "epoch": int(epoch),
         "optimizer_class": type(optimizer).__name__,
         "param_names": list(param_names) if param_names is not None else None,
-        "optimizer": _encode(optimizer.state_dict(), tensors, "optimizer"),
+        "optimizer": _encode(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tensors,
+                             "optimizer"),
         "scheduler": _encode(scheduler.state_dict(), tensors, "scheduler") if scheduler is not None else None,
         "rng": _encode(get_rng_state(), tensors, "rng"),
         "extra": _encode(extra or {}, tensors, "extra"),
@@ -321,12 +326,14 @@ def load_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     restore_rng: bool = True,
     param_names: list[str] | None = None,
+    load_optimizer: Callable[[dict], None] | None = None,
 ) -> LoadedCheckpoint:
     """Read a checkpoint folder and restore optimizer, scheduler and RNG state in place.
 
     The LoRA weights are returned (not applied): load them into the model before training on.
     Raises CheckpointError for a missing/incomplete folder and UsageError when the checkpoint was
-    made with another optimizer or another set of trainable parameters.
+    made with another optimizer or another set of trainable parameters. `load_optimizer`, when
+    given, receives the saved optimizer state in place of `optimizer.load_state_dict` (FSDP shards it).
     """
     folder = Path(path)
     weights_file = FULL_WEIGHTS_FILE if (folder / FULL_WEIGHTS_FILE).is_file() else LORA_WEIGHTS_FILE
@@ -360,7 +367,7 @@ def load_checkpoint(
                 "(or in another order)",
                 fix="resume with the same LoRA config and --train_lyrics_embedder setting",
             )
-        optimizer.load_state_dict(_decode(state["optimizer"], tensors))
+        (load_optimizer or optimizer.load_state_dict)(_decode(state["optimizer"], tensors))
     if scheduler is not None:
         if state.get("scheduler") is None:
             raise CheckpointError("checkpoint has no LR scheduler state", path=folder)

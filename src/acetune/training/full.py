@@ -54,6 +54,16 @@ class FullSetup:
                 params[name].copy_(state[name])
 
 
+    def present_in(self, model: torch.nn.Module) -> FullSetup:
+        """This setup without the tensors the model freed since (e.g. SSL projectors when SSL is off)."""
+        params = dict(model.named_parameters())
+        kept = [(n, p) for n, p in zip(self.names, self.params) if n in params and params[n] is p]
+        if len(kept) == len(self.names):
+            return self
+        config = {**self.config, "parameters": int(sum(p.numel() for _, p in kept))}
+        return FullSetup(config=config, names=[n for n, _ in kept], params=[p for _, p in kept])
+
+
 def matches(name: str, patterns: list[str]) -> bool:
     """fnmatch on the parameter name, or on its module path (so `transformer_blocks.*.attn` selects a module)."""
     module = name.rsplit(".", 1)[0]
@@ -105,3 +115,56 @@ def write_model_folder(family, checkpoint_dir: Path, trained: dict[str, torch.Te
     (out_dir / "acetune_full_finetune.json").write_text(
         json.dumps({"base": str(checkpoint_dir), "trained_tensors": len(trained)}, indent=2) + "\n")
     return out_dir
+
+
+def write_final_model(run, output_dir: Path, dtype: torch.dtype) -> None:
+    """End of a `--full` run: `<output_dir>/transformer/` (from_pretrained) plus the family's single-file
+    ComfyUI checkpoint beside it. Under FSDP every rank must call this (the gather is a collective)."""
+    trained = run.setup.lora_state(run.model)
+    if not run.accelerator.is_main_process:
+        return
+    folder = write_model_folder(run.family, run.checkpoint_dir, trained, output_dir / "transformer", dtype=dtype)
+    run.echo(f"fine-tuned transformer: {folder} (from_pretrained folder; `acetune export --extract_lora` makes a "
+             "LoRA of it)")
+    single = write_comfyui_checkpoint(folder, output_dir / COMFYUI_CHECKPOINT_FILE)
+    run.echo(f"ComfyUI: {single} (copy it to ComfyUI/models/diffusion_models/, load with 'Load Diffusion Model')"
+             if single else "ComfyUI single file: not written (only ACE-Step v1 has one so far; see docs/train.md)")
+
+
+COMFYUI_CHECKPOINT_FILE = "transformer_comfyui.safetensors"
+# ComfyUI's checkpoint prefix for the diffusion model; its loader strips it (`unet_prefix_from_state_dict`)
+# and detects ACE-Step v1 by `genre_embedder.weight` (/work/shared/facts/comfyui-lora.md: exactly the
+# official transformer keys).
+COMFYUI_MODEL_PREFIX = "model.diffusion_model."
+V1_MARKER = "genre_embedder.weight"
+
+
+def comfyui_state(transformer_dir: Path) -> dict[str, torch.Tensor] | None:
+    """Every weight of a v1 transformer folder under `COMFYUI_MODEL_PREFIX`; None for other families."""
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(transformer_dir).glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    if V1_MARKER not in state:
+        return None
+    return {COMFYUI_MODEL_PREFIX + k: v.contiguous() for k, v in state.items()}
+
+
+def write_comfyui_checkpoint(transformer_dir: Path, out: Path) -> Path | None:
+    """The single-file checkpoint ComfyUI's 'Load Diffusion Model' reads (written atomically); None if the
+    family has none."""
+    import os
+
+    from safetensors.torch import save_file
+
+    state = comfyui_state(transformer_dir)
+    if state is None:
+        return None
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

@@ -8,6 +8,8 @@ sample with fixed noise, to prove the setup can learn at all.
 Distributed: the step module is wrapped by accelerate (DDP when launched with several processes,
 gloo on CPU). Each rank reads every `world`-th sample (`EpochShuffleSampler`); only rank 0 logs,
 saves and validates. A resume is bitwise exact in one process (rank 0's RNG is what is saved).
+FSDP (`--full` under an FSDP accelerate config): the model comes sharded from `training/sharding.py`;
+every rank joins each checkpoint save (the gather is a collective), rank 0 writes.
 """
 
 from __future__ import annotations
@@ -110,27 +112,46 @@ class StepModule(torch.nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(run: TrainRun, step: int, epoch: int, micro: int) -> Path:
-    """Write `step-NNNNNN/` (LoRA, optimizer, schedule, RNG, loop position), keep the last `save_last`."""
-    extra = {"micro_batches": micro}
+def _sharded(run: TrainRun) -> bool:
+    """FSDP (`training/sharding.py`): saving gathers shards, so every rank takes part in it."""
+    return getattr(run.setup, "sharded", False)
+
+
+def save_checkpoint(run: TrainRun, step: int, epoch: int, micro: int) -> Path | None:
+    """Write `step-NNNNNN/` (LoRA, optimizer, schedule, RNG, loop position), keep the last `save_last`.
+    Sharded: call on every rank (the gather is a collective); rank 0 writes, the others get None."""
+    acc = run.accelerator
+    world = acc.num_processes
+    # samples seen by all ranks: a resume with another number of processes finds its place from it
+    extra = {"micro_batches": micro, "samples_seen": micro * run.config.batch_size * world}
+    lora_state = run.setup.lora_state(run.model)
+    optimizer_state = run.setup.optimizer_state(run.model, run.optimizer) if _sharded(run) else None
+    if not acc.is_main_process:
+        return None
     if run.setup.embedder_names:
         extra["lyrics_embedder"] = run.setup.embedder_state(run.model)
     return ckpt.save_checkpoint(
-        run.config.output_dir, step, lora_state=run.setup.lora_state(run.model), adapter_config=run.setup.config,
+        run.config.output_dir, step, lora_state=lora_state, adapter_config=run.setup.config,
         optimizer=run.optimizer, scheduler=run.scheduler, config=run.train_config, epoch=epoch, extra=extra,
         param_names=run.setup.names, keep_last=run.config.save_last,
-        weights_file=getattr(run.setup, "weights_file", ckpt.LORA_WEIGHTS_FILE),
+        weights_file=getattr(run.setup, "weights_file", ckpt.LORA_WEIGHTS_FILE), optimizer_state=optimizer_state,
     )
 
 
 def restore_checkpoint(run: TrainRun, path: Path) -> tuple[int, int]:
     """Load a checkpoint into the run (weights, optimizer, schedule, RNG); returns (step, micro-batches)."""
+    load_optimizer = (functools.partial(run.setup.load_optimizer_state, run.model, run.optimizer)
+                      if _sharded(run) else None)
     loaded = ckpt.load_checkpoint(path, optimizer=run.optimizer, scheduler=run.scheduler,
-                                  param_names=run.setup.names)
+                                  param_names=run.setup.names, load_optimizer=load_optimizer)
     run.setup.load_lora_state(run.model, loaded.lora_state)
     if run.setup.embedder_names:
         run.setup.load_embedder_state(run.model, loaded.extra["lyrics_embedder"])
-    return loaded.step, int(loaded.extra["micro_batches"])
+    micro = int(loaded.extra["micro_batches"])
+    per_micro = run.config.batch_size * run.accelerator.num_processes
+    if "samples_seen" in loaded.extra and int(loaded.extra["samples_seen"]) % per_micro == 0:
+        micro = int(loaded.extra["samples_seen"]) // per_micro  # saved by another number of processes
+    return loaded.step, micro
 
 
 def validate(run: TrainRun, step: int) -> None:
@@ -163,9 +184,15 @@ def _stop_everywhere(world: int, device: torch.device) -> bool:
     return bool(flag.item())
 
 
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def _check_replicas(run: TrainRun, world: int) -> bool:
     """True when every rank holds the same LoRA weights (DDP kept them in sync)."""
-    if world == 1:
+    if world == 1 or _sharded(run):  # FSDP: one sharded copy, nothing to drift apart
         return True
     total = torch.stack([p.detach().double().sum() for p in run.setup.params]).sum().reshape(1)
     gathered = [torch.zeros_like(total) for _ in range(world)]
@@ -190,7 +217,8 @@ def _fit(run: TrainRun) -> dict:
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     device = cfg.device
     step_module = StepModule(run.model, run.family, cfg.shift, cfg.ssl_coeff)
-    if world > 1:  # DDP (gloo on CPU, NCCL on GPUs); the model is already on its device
+    sharded = _sharded(run)  # FSDP: the model is sharded already (setup), nothing to wrap
+    if world > 1 and not sharded:  # DDP (gloo on CPU, NCCL on GPUs); the model is already on its device
         step_module = acc.prepare_model(step_module, device_placement=False)
     ssl_names = run.dataset.ssl_names if cfg.ssl_coeff > 0 else ()
 
@@ -227,7 +255,7 @@ def _fit(run: TrainRun) -> dict:
                                         ssl_names=ssl_names), device, cfg.compute_dtype)
             syncing = (micro + 1) % accum == 0
             # 2. forward under autocast, backward; gradients are all-reduced only on the last micro-batch
-            no_sync = step_module.no_sync() if world > 1 and not syncing else contextlib.nullcontext()
+            no_sync = step_module.no_sync() if world > 1 and not syncing and not sharded else contextlib.nullcontext()
             with no_sync:
                 with torch.autocast(device.type, dtype=cfg.compute_dtype, enabled=cfg.autocast):
                     terms = step_module(batch)
@@ -245,6 +273,7 @@ def _fit(run: TrainRun) -> dict:
             grad_norm = None
             if cfg.gradient_clip_val > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(run.setup.params, cfg.gradient_clip_val)
+                grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP
             run.optimizer.step()
             run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
@@ -264,7 +293,7 @@ def _fit(run: TrainRun) -> dict:
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{metrics['train/learning_rate']:.2e}", refresh=False)
             bar.update(1)
             # 5. maybe checkpoint / validate
-            if main and (step % cfg.every_n_train_steps == 0 or step == cfg.max_steps):
+            if (main or sharded) and (step % cfg.every_n_train_steps == 0 or step == cfg.max_steps):
                 last_saved = save_checkpoint(run, step, epoch, micro)
             if main and cfg.val_loss is not None and cfg.val_loss.due(step, cfg.max_steps):
                 last_saved = track_validation_loss(
@@ -277,7 +306,10 @@ def _fit(run: TrainRun) -> dict:
             continue  # epoch finished: next epoch
         break
     bar.close()
-    if main and step > 0 and (last_saved is None or ckpt.list_checkpoints(cfg.output_dir)[-1][0] != step):
+    unsaved = main and step > 0 and (last_saved is None or ckpt.list_checkpoints(cfg.output_dir)[-1][0] != step)
+    if sharded:  # every rank joins the gather when rank 0 decides to save
+        unsaved = _any_rank(unsaved, device)
+    if unsaved:
         last_saved = save_checkpoint(run, step, epoch, micro)  # stopped by --epochs or a signal off a save point
     in_sync = _check_replicas(run, world)
     elapsed = time.perf_counter() - started

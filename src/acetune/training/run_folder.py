@@ -68,12 +68,24 @@ def _is_hyper_parameter(name: str) -> bool:
     return name not in NOT_HYPER_PARAMETERS and not name.startswith(_VALIDATION_PREFIXES)
 
 
+_BATCH_SPLIT = ("batch_size", "accumulate_grad_batches", "processes")
+
+
+def _same_global_batch(saved: dict, current: dict) -> bool:
+    """True when processes x batch x accumulation is unchanged: another number of processes (N -> M)
+    with the same samples per optimizer step is not a hyper-parameter change."""
+    def total(config):
+        return config.get("processes", 1) * config.get("batch_size", 1) * config.get("accumulate_grad_batches", 1)
+    return "processes" in saved and "processes" in current and total(saved) == total(current)
+
+
 def changes(saved: dict, current: dict, saved_adapter: dict | None = None, adapter: dict | None = None) -> list[str]:
     """`name: old -> new` for each hyper-parameter (and LoRA config entry) that differs.
 
     Keys missing on one side (a flag added by a newer acetune) are not a change."""
+    same = _same_global_batch(saved, current)
     found = [f"--{k} {saved[k]!r} -> {current[k]!r}" for k in sorted(set(saved) & set(current))
-             if _is_hyper_parameter(k) and saved[k] != current[k]]
+             if _is_hyper_parameter(k) and saved[k] != current[k] and not (same and k in _BATCH_SPLIT)]
     if saved_adapter is not None and adapter is not None:
         found += [f"LoRA {k} {saved_adapter[k]!r} -> {adapter[k]!r}"
                   for k in sorted(set(saved_adapter) & set(adapter)) if saved_adapter[k] != adapter[k]]

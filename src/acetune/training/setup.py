@@ -104,6 +104,9 @@ def build_run(args, echo=print):
 
     accelerator = Accelerator(cpu=args.device == "cpu")
     device = _device(args, accelerator)
+    from acetune.training.sharding import check_fsdp_run
+
+    fsdp = check_fsdp_run(args, accelerator)  # before anything is loaded: a refused setup fails fast
     output_dir = Path(args.output_dir)
     if not args.overfit_check:  # the check writes nothing
         for path in run_folder.claim(output_dir, resuming=args.resume or bool(args.resume_from),
@@ -156,11 +159,17 @@ def build_run(args, echo=print):
             val_loss.lyric_cache.fill(model, (val_loss.dataset[i] for i in range(len(val_loss.dataset))), device,
                                       compute_dtype)
     freed = family.prepare_for_training(model, use_ssl=use_ssl, drop_lyric_path=cache is not None and validation is None)
+    if args.full:  # the freed modules' weights are not trained (nor saved)
+        setup = setup.present_in(model)
     if getattr(args, "compile", False):
         from acetune.training.compiled import compile_blocks
 
         echo(f"--compile: {compile_blocks(model)} transformer blocks compile during the first steps")
 
+    if fsdp:  # after the unused modules are freed, before the optimizer sees the (now sharded) parameters
+        from acetune.training.sharding import shard
+
+        setup = shard(model, setup, device)
     optimizer = build_optimizer(setup.params, args.optimizer, lr=args.learning_rate, weight_decay=args.weight_decay)
     for tip in optimizer_advice(args.optimizer, args.learning_rate, args.warmup_steps):
         logger.warning(tip)
@@ -175,7 +184,7 @@ def build_run(args, echo=print):
             echo(f"--resume: no checkpoint in {output_dir} yet; starting from step 0")
     metrics = MetricsLogger()
     train_config = {**asdict(args), "family": family.name, "dataset_hash": meta.checkpoint_hash,
-                    "checkpoint_source": source.record(),
+                    "checkpoint_source": source.record(), "processes": accelerator.num_processes,
                     # 1.5: the resolved recipe (a resume that changes it is a hyper-parameter change)
                     **({"v15_recipe": {**asdict(recipe), "variant": family.variant_of(checkpoint_dir)}}
                        if recipe is not None else {})}
