@@ -32,6 +32,12 @@ downloads):
       and `transform` with the two lines of `encode` between them (pad to 4096, min/max scaling);
       acetune: `audio.io.load_song`, `audio.resample.resample`, `MusicDCAE.dcae_input`.
 
+The fork's scratch env (never committed; shown for torch 2.13 CPU): the fork's files at its commit in
+/tmp/fork-src; `python -m venv --system-site-packages /tmp/scratch-fork` (global torch, diffusers,
+transformers, peft, datasets); `pip install pytorch-lightning==2.6.6 natsort==8.4.0 loguru==0.7.3
+hangul-romanize==0.1.0 spacy==3.8.18`; `pip install --no-deps torchaudio==2.11.0` with its lib/*.so
+moved away (only its pure-Python transforms are used); no torchvision.
+
 Stand-ins on the fork side (the scratch env cannot load the PyPI torchaudio/torchvision CUDA builds'
 C++ ops on torch 2.13 CPU; pure-Python parts of torchaudio are used as they are): `torchaudio.load` =
 soundfile decoding to float32 channels-first (what torchaudio's soundfile backend returned), and
