@@ -7,7 +7,7 @@ bf16 weights under autocast, peft's input cast off as `training.loop.fit` does).
 ../shared/facts/reference-baseline.md: batch 1, text 20 tokens, lyrics 200 tokens, SSL targets at
 75 Hz / 50 Hz (dims from the config: 1024/768 medium, 24/16 tiny), rsLoRA r 64 alpha 1 on
 to_q/to_k/to_v/to_out.0, gradient checkpointing, det_init weights, 2 threads, medians of 5 after 2
-warm-ups, each case in its own process (peak RSS includes the imports). Shared machines are noisy:
+warm-ups, each case in its own process (peak RSS includes the imports); the LR scheduler steps too. Shared machines are noisy:
 compare runs made at the same time.
 
 The official 3.5B at 360 s is estimated, not run: weights and LoRA state are counted exactly on a
@@ -95,22 +95,27 @@ def _rss_gb() -> float:
         return 0.0
 
 
-def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: int = 2) -> dict:
-    """Median seconds per step, peak RSS (GiB), and the peak's growth over the RSS before the first step (GB)."""
+def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: int = 2,
+            cached_lyrics: bool = True) -> dict:
+    """Median seconds per step, peak RSS (GiB), and the peak's growth over the RSS before the first step (GB).
+
+    cached_lyrics=False runs the lyric encoder in every step (the fork's way) instead of the cache."""
     import torch
 
     from acetune.models.v1.family import FAMILY
     from acetune.training.data import ConditionDropout, LyricCache, batch_to, make_batch
     from acetune.training.lora import lora_input_casting
-    from acetune.training.optim import build_optimizer
+    from acetune.training.optim import build_lr_scheduler, build_optimizer
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     model, setup = build(name, dtype)
     s = sample(model.config, length)
-    cache = LyricCache()
-    cache.fill(model, [s], torch.device("cpu"), dtype)
-    FAMILY.prepare_for_training(model, use_ssl=True, drop_lyric_path=True)
+    cache = LyricCache() if cached_lyrics else None
+    if cache is not None:
+        cache.fill(model, [s], torch.device("cpu"), dtype)
+    FAMILY.prepare_for_training(model, use_ssl=True, drop_lyric_path=cached_lyrics)
     optimizer = build_optimizer(setup.params, "adamw", lr=1e-4)
+    scheduler = build_lr_scheduler(optimizer, optimizer_name="adamw")
     ssl_names = tuple(model.config.ssl_names)
     times = []
     autocast = dtype == torch.bfloat16
@@ -125,6 +130,7 @@ def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: i
             terms.loss.backward()
             torch.nn.utils.clip_grad_norm_(setup.params, 1.0)
             optimizer.step()
+            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
