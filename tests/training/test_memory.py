@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from acetune.models.v1.family import FAMILY
-from acetune.models.v1.transformer import ACEStepTransformer2DModel, build_transformer, tiny_transformer_config
+from acetune.models.v1.transformer import (
+    ACEStepTransformer2DModel,
+    build_transformer,
+    tiny_transformer_config,
+)
 from acetune.training import memory, memory_trace
 from acetune.training.block_checkpointing import apply_checkpointing, normalise_mode
 from acetune.training.lora import add_lora

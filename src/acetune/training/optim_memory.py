@@ -23,7 +23,8 @@ ADAMW8BIT_MIN_SIZE = 4096  # bitsandbytes' default: smaller tensors keep fp32 mo
 
 def adamw8bit(params, *, lr: float, weight_decay: float, betas, eps: float | None):
     """bitsandbytes AdamW8bit with the fork's AdamW hyper-parameters."""
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU build warns about optional kernels
+    for name in ("bitsandbytes", "bitsandbytes.backends.cpu.ops"):  # its CPU build warns about optional kernels
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import bitsandbytes as bnb
     except ImportError as err:
