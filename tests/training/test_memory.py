@@ -183,3 +183,46 @@ def test_estimate_rows_and_offload():
     assert peak.total == 100 + 10 + 10 + 1 + (2 + 2 * 3) + (30 + 12) and peak.host == {"optimizer states": 20}
     assert dataclasses.replace(static, offload=False) and memory.estimate(
         dataclasses.replace(static, offload=False), profile).total == peak.total + 20
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train_fixtures import make_checkpoint, make_dataset
+
+    base = tmp_path_factory.mktemp("memory")
+    checkpoint = make_checkpoint(base / "ckpt")
+    return checkpoint, make_dataset(base / "data", checkpoint, ssl=True)
+
+
+@pytest.mark.parametrize("extra", [["--memory_budget_gb", "100"], ["--full", "--gradient_checkpointing", "true"]])
+def test_8bit_offload_run_prints_the_plan_and_resumes_bitwise(tiny_run, tmp_path, monkeypatch, capsys, extra):
+    """adamw8bit + --optimizer_offload (LoRA with a budget that needs no checkpointing; a full fine-tune with
+    the old `true`): stopped after step 2 and resumed == the uninterrupted run, bit for bit."""
+    from safetensors.torch import load_file
+    from train_fixtures import train_argv
+
+    from acetune.cli import run_command
+    from acetune.training import checkpoint as ckpt
+    from acetune.training import loop
+
+    checkpoint, data = tiny_run
+    flags = ["--max_steps", "4", "--every_n_train_steps", "2", "--optimizer", "adamw8bit", "--optimizer_offload",
+             *extra]
+    assert run_command("train", train_argv(data, checkpoint, tmp_path / "ref", *flags)) == 0
+    printed = capsys.readouterr().out
+    plan = next(line for line in printed.splitlines() if "gradient checkpointing:" in line)
+    assert ("off (auto, budget 100 GB)" if "--memory_budget_gb" in extra else "all blocks (on)") in plan
+    assert "estimated peak" in plan
+    steps = {"n": 0}
+    monkeypatch.setattr(loop, "stop_requested", lambda: steps.__setitem__("n", steps["n"] + 1) or steps["n"] >= 2)
+    run_command("train", train_argv(data, checkpoint, tmp_path / "run", *flags))
+    monkeypatch.undo()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")][-1] == 2
+    assert run_command("train", train_argv(data, checkpoint, tmp_path / "run", *flags, "--resume")) == 0
+    name = ckpt.FULL_WEIGHTS_FILE if "--full" in extra else ckpt.LORA_WEIGHTS_FILE
+    ref, got = (load_file(str(tmp_path / r / "step-000004" / name)) for r in ("ref", "run"))
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
