@@ -97,7 +97,7 @@ def activations_v1(bench) -> tuple[int, int, int, int]:
     """(params, saved bytes of the checkpointed forward, one block's transient, largest block's bf16 bytes)."""
     from acetune.models.v1.attention import cross_attention_mask, rope_tables
     from acetune.models.v1.family import FAMILY
-    from acetune.models.v1.loading import build_transformer
+    from acetune.models.v1.transformer import build_transformer
 
     model = build_transformer({})  # official config, meta
     model.drop_unused_projections()

@@ -182,7 +182,9 @@ def lever_rows(seconds: int = 360) -> list[tuple[str, float, float]]:
     return out
 
 
-CHECK_TOLERANCE = 0.25  # |measured - estimated| / estimated, for the activation + optimizer-state growth
+# |measured - estimated| <= 25% of the estimate + 0.05 GB: the first step's fixed costs (autograd and
+# allocator bookkeeping, thread-pool buffers, ~0.04 GB) are not modelled; they matter on the tiny config only
+CHECK_TOLERANCE, CHECK_SLACK_GB = 0.25, 0.05
 
 
 def check_analytic(threads: int, configs_: tuple[str, ...] = ("tiny", "medium")) -> bool:
@@ -192,7 +194,7 @@ def check_analytic(threads: int, configs_: tuple[str, ...] = ("tiny", "medium"))
     glibc keeps freed blocks of up to 32 MB on its heap, which inflates RSS beyond what is allocated; the
     measured runs set a fixed 64 KB mmap threshold so RSS follows the allocations (a GPU's caching
     allocator behaves like the estimate too). Weights and LoRA params are resident before the first step,
-    so the comparison counts LoRA grads + AdamW moments + batch + activations. Passes within CHECK_TOLERANCE.
+    so the comparison counts LoRA grads + AdamW moments + batch + activations (tolerance: CHECK_TOLERANCE).
     """
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     ok = True
@@ -207,10 +209,10 @@ def check_analytic(threads: int, configs_: tuple[str, ...] = ("tiny", "medium"))
         terms = dict((label, a) for label, a, _ in analytic_official(seconds=360, config=name))
         growth = sum(v for k, v in terms.items() if k.startswith(("LoRA grads", "optimizer", "batch", "activations",
                                                                   "backward")))
-        err = abs(measured - growth) / growth
-        ok &= err <= CHECK_TOLERANCE
+        within = abs(measured - growth) <= CHECK_TOLERANCE * growth + CHECK_SLACK_GB
+        ok &= within
         print(f"{name} config, bf16, 360 s: measured peak growth {measured:.3f} GB, estimate {growth:.3f} GB "
-              f"({err:.0%} apart; tolerance {CHECK_TOLERANCE:.0%})")
+              f"({'within' if within else 'OUTSIDE'} {CHECK_TOLERANCE:.0%} + {CHECK_SLACK_GB} GB)")
     return ok
 
 
