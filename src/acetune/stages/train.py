@@ -96,7 +96,7 @@ class Args:
                          "bf16 autocast; bf16: LoRA in bf16 too; 32: everything fp32")
     int8: bool = arg(False, help="int8 base weights of the transformer's linear layers (optimum-quanto)")
     gradient_checkpointing: str = arg("auto", choices=("auto", "on", "off"), switch=("on", "off"), help="recompute "
-                                      "blocks in the backward pass (much less memory, ~30%% slower steps). on: every "
+                                      "blocks in the backward pass (much less memory, more compute). on: every "
                                       "block; off: none; auto: as few as --memory_budget_gb needs (every block "
                                       "without a budget). true/false mean on/off")
     memory_budget_gb: float = arg(0.0, help="with --gradient_checkpointing auto: the device memory to fit (e.g. 24 "
