@@ -143,6 +143,23 @@ def test_block_decomposition_equals_a_direct_trace():
     assert all(abs(profile.saved(k) - got[k]) <= 0.05 * got[k] for k in (0, 1)), (got, [profile.saved(k) for k in got])
 
 
+def test_15_block_decomposition_is_close_to_a_direct_trace():
+    from diffusers import AceStepTransformer1DModel
+
+    from acetune.models.v15.tiny import tiny_transformer_config as tiny15
+
+    model = memory.meta_copy(AceStepTransformer1DModel(**{**tiny15(), "num_hidden_layers": 3}))
+    add_lora(model, LORA)
+    profile = memory_trace.v15_profile(model, 20)
+    assert profile.blocks == 3 and profile.block_largest > 0
+    _, loss = memory_trace.v15_step(model, 20)
+    params = memory_trace.param_ids(model)
+    for k in (0, 1, 3):
+        apply_checkpointing(model, k)
+        got = memory_trace.saved_bytes(loss, params)[0]
+        assert abs(profile.saved(k) - got) <= 0.05 * got, (k, got, profile.saved(k))
+
+
 def _meta_batch(model, seconds):
     cfg = model.config
     frames = int(seconds * memory_trace.V1_LATENT_HZ)

@@ -132,7 +132,8 @@ def choose_checkpointed(static: Static, profile, budget_bytes: float, workspace:
     """The fewest checkpointed blocks whose peak fits `budget_bytes` (fewer recomputes = faster steps).
 
     Returns (peak, fits); when even all blocks checkpointed do not fit, the all-on peak with fits False.
-    The peak only falls as blocks are checkpointed, so the first fit is the answer."""
+    (From 1 block on, each further checkpointed block lowers the peak; the first, 0 -> 1, adds the
+    recompute transient, so on a 2-block toy model 1 can be above 0.)"""
     for k in range(profile.blocks + 1):
         peak = estimate(static, profile, k, workspace)
         if peak.total <= budget_bytes:

@@ -153,9 +153,8 @@ def v1_profile(model: torch.nn.Module, seconds: float, ssl: bool = True) -> Acti
                              heads_largest=heads_largest)
 
 
-def v15_profile(model: torch.nn.Module, seconds: float, condition_tokens: int = V15_CONDITION_TOKENS) -> ActivationProfile:
-    """Profile of a diffusers `AceStepTransformer1DModel` built on meta (LoRA added or not): 25 Hz latents,
-    the denoising MSE only (1.5 trains no SSL heads)."""
+def v15_step(model: torch.nn.Module, seconds: float, condition_tokens: int = V15_CONDITION_TOKENS):
+    """(meta inputs, a loss closure) of one 1.5 training forward: the DiT on 25 Hz latents, MSE."""
     cfg = model.config
     frames = int(seconds * V15_LATENT_HZ)
     acoustic = cfg.audio_acoustic_hidden_dim
@@ -168,14 +167,24 @@ def v15_profile(model: torch.nn.Module, seconds: float, condition_tokens: int = 
         out = model(**inputs, return_dict=False)[0]
         return F.mse_loss(out.float(), torch.zeros_like(out, dtype=torch.float32))
 
+    return inputs, loss
+
+
+def v15_profile(model: torch.nn.Module, seconds: float, condition_tokens: int = V15_CONDITION_TOKENS) -> ActivationProfile:
+    """Profile of a diffusers `AceStepTransformer1DModel` built on meta (LoRA added or not): 25 Hz latents,
+    the denoising MSE only (1.5 trains no SSL heads)."""
+    cfg = model.config
+    frames = int(seconds * V15_LATENT_HZ)
+    inputs, loss = v15_step(model, seconds, condition_tokens)
+
     params = param_ids(model)
     was = model.gradient_checkpointing
     model.enable_gradient_checkpointing()
     try:
         whole, _ = saved_bytes(loss, params)
         n = len(model.layers)
-        # one block normally: every block checkpointed except the first
-        model.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint_all_but(set(model.layers[1:])))
+        # one block normally (the first), every other block checkpointed
+        model.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint_all_but({model.layers[0]}))
         one_normal, _ = saved_bytes(loss, params)
         largest = _largest_in(model.layers[0], model, inputs, loss, params)
     finally:
