@@ -45,6 +45,20 @@ class MetaAutocast(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+@contextlib.contextmanager
+def _meta_autocast_query(enabled: bool):
+    """v1 attention asks `torch.is_autocast_enabled(device)`, which has no meta device: answer for meta
+    tensors what real CPU autocast would (bf16 when emulated, else None)."""
+    from acetune.models.v1 import attention
+
+    real = attention.autocast_dtype
+    attention.autocast_dtype = lambda x: (torch.bfloat16 if enabled else None) if x.device.type == "meta" else real(x)
+    try:
+        yield
+    finally:
+        attention.autocast_dtype = real
+
+
 def saved_bytes(fn, exclude: set, autocast: bool = True) -> tuple[int, int]:
     """(total, largest) bytes of the distinct storages autograd saves while `fn` runs; `exclude` holds
     storage ids counted elsewhere (parameters)."""
@@ -57,7 +71,7 @@ def saved_bytes(fn, exclude: set, autocast: bool = True) -> tuple[int, int]:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            (MetaAutocast() if autocast else contextlib.nullcontext()):
+            (MetaAutocast() if autocast else contextlib.nullcontext()), _meta_autocast_query(autocast):
         fn()
     return sum(sizes.values()), max(sizes.values(), default=0)
 
