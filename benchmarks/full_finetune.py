@@ -2,15 +2,17 @@
 
 Nothing is computed: the models are built on the meta device and autograd's saved tensors are counted
 while the training forward runs with gradient checkpointing (one saved input per block), under bf16
-autocast (`benchmarks/train.py` `_saved_bytes`). Peak = weight/optimizer bytes per trainable
+autocast (`acetune.training.memory_trace.saved_bytes`). Peak = weight/optimizer bytes per trainable
 parameter x parameters + the checkpointed forward's saved tensors + one block's recompute with 3x its
 largest saved tensor for gradients in flight.
 
-Optimizer schemes (bytes per trainable parameter):
-- adamw:        bf16 weights 2 + fp32 master 4 + fp32 grads 4 + fp32 AdamW moments 8 = 18
-- adamw8bit:    bf16 weights 2 + fp32 master 4 + bf16 grads 2 + 8-bit moments 2 = 10
-- adafactor:    bf16 weights 2 + bf16 grads 2 + factored second moment (~0), no master = 4
-- 8bit+offload: adamw8bit with the master copy and moments on the CPU: 2 + 2 = 4 on the GPU
+Optimizer schemes as `acetune train --full` runs them (bytes per trainable parameter on the device;
+the optimizer-state bytes per parameter from `acetune.training.memory.optimizer_state_bytes`):
+- adamw:               bf16-mixed: fp32 weights (the master itself) 4 + fp32 grads 4 + fp32 moments 8 = 16
+- adamw8bit:           the same with 8-bit moments (bitsandbytes, + one fp32 absmax per 256): 4 + 4 + 2 = 10
+- adamw8bit+offload:   `--optimizer_offload`: the moments in host RAM: 4 + 4 = 8 on the GPU
+- adafactor bf16:      `--precision bf16`: bf16 weights 2 + bf16 grads 2 + factored second moment (~0) = 4
+- adamw8bit bf16+offload: `--precision bf16 --optimizer adamw8bit --optimizer_offload`: 2 + 2 = 4
 On N GPUs (FSDP full shard / ZeRO-3) the per-parameter bytes are divided by N, and each GPU also
 holds two gathered blocks in bf16 (the one computing and the one prefetched).
 
@@ -33,7 +35,8 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 SECONDS = 360
 GPU_GB = 24.0
-SCHEMES = {"adamw": 18, "adamw8bit": 10, "adafactor": 4, "8bit+offload": 4}
+SCHEMES = {"adamw": 16, "adamw8bit": 10, "adamw8bit+offload": 8, "adafactor bf16": 4,
+           "adamw8bit bf16+offload": 4}
 XL_15 = dict(hidden_size=2560, intermediate_size=3 * 2560, num_hidden_layers=32, num_attention_heads=32,
              num_key_value_heads=8, encoder_hidden_size=2048)
 
@@ -70,13 +73,21 @@ def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fals
 
 
 def _saved(bench, fn, exclude):
-    """`_saved_bytes` with SDPA counted as a fused GPU kernel."""
+    """`memory_trace.saved_bytes` with SDPA counted as a fused GPU kernel."""
+    from acetune.training.memory_trace import saved_bytes
+
     original = F.scaled_dot_product_attention
     F.scaled_dot_product_attention = _fused_sdpa
     try:
-        return bench._saved_bytes(fn, exclude)
+        return saved_bytes(fn, exclude)
     finally:
         F.scaled_dot_product_attention = original
+
+
+def _nbytes(obj) -> int:
+    from acetune.training.memory_trace import nbytes
+
+    return nbytes(obj)
 
 
 def _meta(*shape, dtype=torch.bfloat16):
@@ -87,7 +98,7 @@ def activations_v1(bench) -> tuple[int, int, int, int]:
     """(params, saved bytes of the checkpointed forward, one block's transient, largest block's bf16 bytes)."""
     from acetune.models.v1.attention import cross_attention_mask, rope_tables
     from acetune.models.v1.family import FAMILY
-    from acetune.models.v1.loading import build_transformer
+    from acetune.models.v1.transformer import build_transformer
 
     model = build_transformer({})  # official config, meta
     model.drop_unused_projections()
@@ -113,7 +124,7 @@ def activations_v1(bench) -> tuple[int, int, int, int]:
     block = model.transformer_blocks[0]
     one, largest = _saved(bench, lambda: block(x, None, ctx, allowed, temb, rope, rope_c), params)
     block_bytes = sum(p.numel() for p in block.parameters()) * 2
-    return n, saved + bench._nbytes(batch), one + 3 * largest, block_bytes
+    return n, saved + _nbytes(batch), one + 3 * largest, block_bytes
 
 
 def activations_15(bench, config: dict) -> tuple[int, int, int, int]:
@@ -142,7 +153,7 @@ def activations_15(bench, config: dict) -> tuple[int, int, int, int]:
     single = build(num_hidden_layers=1)  # one block plus the small in/out layers, not checkpointed
     one, largest = _saved(bench, lambda: loss(single), {p.untyped_storage()._cdata for p in single.parameters()})
     block_bytes = sum(p.numel() for p in model.layers[0].parameters()) * 2
-    return sum(p.numel() for p in model.parameters()), saved + bench._nbytes(inputs), one + 3 * largest, block_bytes
+    return sum(p.numel() for p in model.parameters()), saved + _nbytes(inputs), one + 3 * largest, block_bytes
 
 
 def table() -> list[tuple[str, str, float, float, int]]:

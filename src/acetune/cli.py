@@ -40,12 +40,15 @@ COMMANDS: dict[str, tuple[str, str]] = {  # in pipeline order (the order `acetun
 
 
 def arg(default=dataclasses.MISSING, *, help: str, aliases: Sequence[str] = (), choices=None,
-        default_factory=dataclasses.MISSING, metavar: str | None = None, positional: bool = False):
+        default_factory=dataclasses.MISSING, metavar: str | None = None, positional: bool = False,
+        switch: tuple[str, str] | None = None):
     """A dataclass field that is also a CLI flag. `help` is shown by `--help`.
 
-    `positional`: a list field taking the words after the command (`acetune download v1 mert`)."""
+    `positional`: a list field taking the words after the command (`acetune download v1 mert`).
+    `switch` (on, off): a text flag that also works as the switch it once was: `--NAME` alone gives
+    on, `--no-NAME` off, and a config file's true/false maps to on/off."""
     meta = {"help": help, "aliases": tuple(aliases), "choices": choices, "metavar": metavar,
-            "positional": positional}
+            "positional": positional, "switch": switch}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -111,6 +114,11 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp) -> Non
         kw["choices"] = meta["choices"]
     if meta.get("metavar"):
         kw["metavar"] = meta["metavar"]
+    if meta.get("switch"):
+        on, off = meta["switch"]
+        kw.update(nargs="?", const=on, type=lambda v: {"true": on, "false": off}.get(v.lower(), v.lower()))
+        parser.add_argument(*[f"--no-{n[2:]}" for n in names if n.startswith("--")], dest=f.name,
+                            action="store_const", const=off, default=default, help=f"same as --{f.name} {off}")
     parser.add_argument(*names, default=default, **kw)
 
 
@@ -163,6 +171,8 @@ def _check_config_types(args_cls, data: dict, path: str) -> None:
         if f.name not in data or not f.init:
             continue
         tp, value = _unwrap_optional(hints[f.name]), data[f.name]
+        if f.metadata.get("switch") and str(value).lower() in ("true", "false"):  # an old config's true/false
+            data[f.name] = value = f.metadata["switch"][0 if str(value).lower() == "true" else 1]
         if tp in (int, float) and isinstance(value, str):  # YAML reads 1e-4 as text; the command line would parse it
             try:
                 data[f.name] = value = tp(value)

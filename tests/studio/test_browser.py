@@ -239,13 +239,13 @@ def test_stages_train_monitor_stop_resume_export(browser, server, studio_env):
     values = {"checkpoint_dir": str(env["model"]), "lora_config_path": str(env["lora"]), "device": "cpu",
               "precision": "32", "max_steps": str(steps), "every_n_train_steps": "1", "logger": "none",
               "learning_rate": "0.005", "warmup_steps": "1", "validation_prompt": RIVER.prompt,
-              "validation_every": str(steps), "validation_duration": "0.5", "gradient_checkpointing": False}
+              "validation_every": str(steps), "validation_duration": "0.5", "gradient_checkpointing": "off"}
     open_form(browser, "train")
     set_fields(browser, values)
     command = wait(lambda: (lambda c: c if f"--max_steps {steps}" in c else None)(
         js(browser, "return document.getElementById('stage-command').textContent")), 15, "train command")
     argv = shlex.split(command)
-    assert argv[:2] == ["acetune", "train"] and "--no-gradient_checkpointing" in argv
+    assert argv[:2] == ["acetune", "train"] and "--gradient_checkpointing off" in command
     args = parse_args(train.Args, argv[2:], "acetune train")  # the shown command is a valid CLI command
     assert args.max_steps == steps and args.validation_prompt == [RIVER.prompt]
     shot(browser, "stages")

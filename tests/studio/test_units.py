@@ -111,12 +111,12 @@ def test_forms_are_the_cli_flags(stage):
 
 def test_form_values_round_trip_through_the_parser(tmp_path):
     values = {"dataset_path": str(tmp_path / "prep"), "checkpoint_dir": "ckpt", "max_steps": "250",
-              "learning_rate": "1e-4", "gradient_checkpointing": False, "validation_prompt": "lofi, rain\npiano",
+              "learning_rate": "1e-4", "gradient_checkpointing": "off", "validation_prompt": "lofi, rain\npiano",
               "logger": "none", "warmup_steps": "10"}
     argv = forms.to_argv("train", values)
     assert "--warmup_steps" not in argv  # equal to its default
     args = forms.check_argv("train", argv)
-    assert (args.max_steps, args.gradient_checkpointing, args.validation_prompt) == (250, False, ["lofi, rain", "piano"])
+    assert (args.max_steps, args.gradient_checkpointing, args.validation_prompt) == (250, "off", ["lofi, rain", "piano"])
     assert forms.command_line("train", argv).startswith("acetune train --dataset_path ")
     with pytest.raises(forms.FormError, match="max_steps"):
         forms.check_argv("train", forms.to_argv("train", {**values, "max_steps": "many"}))

@@ -68,8 +68,10 @@ class Args:
     # optimisation
     learning_rate: float = arg(1e-4, help="peak learning rate (Prodigy: a multiplier, usually 1.0)")
     weight_decay: float = arg(1e-2, help="decoupled weight decay")
-    optimizer: str = arg("adamw", choices=("adamw", "prodigy", "adafactor"), help="AdamW (betas 0.8, 0.9 as the "
-                         "fork), Prodigy, or Adafactor (factored second moments: the small-memory choice for --full)")
+    optimizer: str = arg("adamw", choices=("adamw", "adamw8bit", "prodigy", "adafactor"), help="AdamW (betas 0.8, "
+                         "0.9 as the fork); adamw8bit: the same with 8-bit moments (bitsandbytes, 1/4 of the state "
+                         "memory; docs/train.md Memory); Prodigy; or Adafactor (factored second moments: the "
+                         "small-memory choice for --full)")
     max_steps: int = arg(10000, help="optimizer steps to train (the LR reaches its floor here)")
     epochs: int = arg(-1, help="stop after this many passes over the data (-1: only --max_steps)")
     warmup_steps: int = arg(10, help="linear LR warmup, in optimizer steps")
@@ -98,7 +100,15 @@ class Args:
     precision: str = arg("bf16-mixed", choices=tuple(PRECISIONS), help="bf16-mixed: bf16 base weights, fp32 LoRA, "
                          "bf16 autocast; bf16: LoRA in bf16 too; 32: everything fp32")
     int8: bool = arg(False, help="int8 base weights of the transformer's linear layers (optimum-quanto)")
-    gradient_checkpointing: bool = arg(True, help="recompute each block in the backward pass (much less memory)")
+    gradient_checkpointing: str = arg("auto", choices=("auto", "on", "off"), switch=("on", "off"), help="recompute "
+                                      "blocks in the backward pass (much less memory, more compute). on: every "
+                                      "block; off: none; auto: as few as --memory_budget_gb needs (every block "
+                                      "without a budget). true/false mean on/off")
+    memory_budget_gb: float = arg(0.0, help="with --gradient_checkpointing auto: the device memory to fit (e.g. 24 "
+                                  "for a 24 GB GPU); only as many blocks are checkpointed as the estimated peak "
+                                  "at the longest song needs (0: no budget)")
+    optimizer_offload: bool = arg(False, help="keep the optimizer state (and the step) in host RAM instead of on the "
+                                  "GPU: less GPU memory, same numbers; a no-op on --device cpu")
     compile: bool = arg(False, help="ACE-Step v1: torch.compile the transformer blocks (faster steps once compiled; the first "
                         "steps compile, and again at a new audio length; needs a C++ compiler on CPU)")
     train_lyrics_embedder: bool = arg(False, help="also train the lyric embedding, Conformer and projection fully")
@@ -171,6 +181,10 @@ class Args:
             problems.append("--validation_split and --validation_dataset both given; choose one")
         if self.dora and (self.adapter != "lora" or self.int8 or self.init_lora):
             problems.append("--dora works with --adapter lora only, without --int8 and --init_lora")
+        if self.memory_budget_gb < 0:
+            problems.append("--memory_budget_gb must be >= 0")
+        if self.memory_budget_gb and self.gradient_checkpointing != "auto":
+            problems.append(f"--memory_budget_gb needs --gradient_checkpointing auto (got {self.gradient_checkpointing})")
         if self.trainable and not self.full:
             problems.append("--trainable selects weights for --full; add --full, or drop --trainable for a LoRA")
         if self.full:
@@ -222,6 +236,7 @@ def header(run, freed: dict[str, int], args: Args) -> list[str]:
         f", lyrics cached: {'yes' if run.lyric_cache is not None else 'no'}",
         "  freed: " + (", ".join(f"{k} {v:,} params" for k, v in freed.items()) or "nothing"),
         *([_recipe_line(run.train_config["v15_recipe"])] if "v15_recipe" in run.train_config else []),
+        *run.summary,
         f"  checkpoints: {cfg.output_dir} every {cfg.every_n_train_steps} steps, keep {cfg.save_last or 'all'}"
         + (" + the best by validation loss" if cfg.val_loss else ""),
     ]

@@ -91,6 +91,7 @@ class TrainRun:
     train_config: dict = field(default_factory=dict)  # the resolved flags, written into every checkpoint
     checkpoint_dir: Path | None = None  # the model folder (a Hub id already resolved to the cache)
     echo: Callable[[str], None] = print
+    summary: list[str] = field(default_factory=list)  # extra start-summary lines (memory plan)
 
 
 class StepModule(torch.nn.Module):

@@ -24,12 +24,12 @@ from acetune.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adamw", "prodigy", "adafactor")
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
 
 # betas of the fork's (and upstream's) AdamW; Prodigy keeps its library default.
 ADAMW_BETAS = (0.8, 0.9)
 # LR multiplier reached at max_steps (fork `lr_multiplier_final`).
-FINAL_LR_FRACTION = {"adamw": 0.0, "prodigy": 0.1, "adafactor": 0.0}
+FINAL_LR_FRACTION = {"adamw": 0.0, "adamw8bit": 0.0, "prodigy": 0.1, "adafactor": 0.0}
 
 
 def build_optimizer(
@@ -42,6 +42,7 @@ def build_optimizer(
     eps: float | None = None,
     use_bias_correction: bool = True,
     safeguard_warmup: bool = True,
+    offload: bool = False,
 ) -> torch.optim.Optimizer:
     """The fork's optimizer for the trainable (LoRA) parameters.
 
@@ -56,10 +57,21 @@ def build_optimizer(
             (0.9, 0.999) for Prodigy (the fork does not pass betas to Prodigy).
         eps: None = the library default (1e-8 for both).
         use_bias_correction, safeguard_warmup: Prodigy only; the fork sets both True.
+        offload: keep the state and the step in host RAM (`optim_memory.OffloadedOptimizer`).
     """
     params = list(params)
     if not params:
         raise UsageError("no trainable parameters to optimize", fix="check the LoRA target_modules in the LoRA config")
+    if offload:
+        from acetune.training.optim_memory import offloaded
+
+        return offloaded(params, lambda host: build_optimizer(
+            host, name, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps,
+            use_bias_correction=use_bias_correction, safeguard_warmup=safeguard_warmup))
+    if name == "adamw8bit":
+        from acetune.training.optim_memory import adamw8bit
+
+        return adamw8bit(params, lr=lr, weight_decay=weight_decay, betas=betas or ADAMW_BETAS, eps=eps)
     if name == "adamw":
         kw = {"eps": eps} if eps is not None else {}
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas or ADAMW_BETAS), **kw)

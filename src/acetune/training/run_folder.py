@@ -20,7 +20,8 @@ from acetune.training import checkpoint as ckpt
 # --max_steps / --epochs may grow on resume on purpose (the LR schedule is recomputed for the new length).
 NOT_HYPER_PARAMETERS = frozenset({
     "dataset_path", "checkpoint_dir", "model_family", "lora_config_path", "output_dir", "exp_name", "max_steps", "epochs",
-    "num_workers", "device", "gradient_checkpointing", "compile", "every_n_train_steps", "save_last", "resume", "resume_from",
+    "num_workers", "device", "gradient_checkpointing", "memory_budget_gb", "compile", "every_n_train_steps", "save_last",
+    "resume", "resume_from",
     "logger", "logger_dir", "overfit_check", "init_lora", "allow_changes", "overwrite", "every_plot_step",
     "val_check_interval", "devices", "num_nodes", "reload_dataloaders_every_n_epochs",
     "revision", "offline", "checkpoint_source",  # where the checkpoint came from, like checkpoint_dir (docs/hub.md)

@@ -76,6 +76,7 @@ def build_run(args, echo=print):
     from acetune.training.loggers import JsonlLogger, MetricsLogger, TeeLogger, build_logger
     from acetune.training.loop import LoopConfig, TrainRun
     from acetune.training.lora import add_lora, init_lora_from_file, touches_lyric_encoder
+    from acetune.training.memory import plan_checkpointing
     from acetune.training.optim import build_lr_scheduler, build_optimizer, optimizer_advice
     from acetune.training.quantize import quantize_int8
     from acetune.training.recipes import apply_recipe
@@ -120,8 +121,6 @@ def build_run(args, echo=print):
     use_ssl = bool(meta.ssl_names) and args.ssl_coeff > 0
     if args.int8:
         getattr(family, "quantize_int8", quantize_int8)(model)
-    if args.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
     if args.full:
         from acetune.training.full import setup_full
 
@@ -166,11 +165,14 @@ def build_run(args, echo=print):
 
         echo(f"--compile: {compile_blocks(model)} transformer blocks compile during the first steps")
 
+    _, memory_lines = plan_checkpointing(args, model, setup, hf_dataset, lora_config=lora_config, use_ssl=use_ssl,
+                                         device=device)
     if fsdp:  # after the unused modules are freed, before the optimizer sees the (now sharded) parameters
         from acetune.training.sharding import shard
 
         setup = shard(model, setup, device)
-    optimizer = build_optimizer(setup.params, args.optimizer, lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = build_optimizer(setup.params, args.optimizer, lr=args.learning_rate, weight_decay=args.weight_decay,
+                                offload=args.optimizer_offload)
     for tip in optimizer_advice(args.optimizer, args.learning_rate, args.warmup_steps):
         logger.warning(tip)
     scheduler = build_lr_scheduler(optimizer, args.warmup_steps, args.max_steps, optimizer_name=args.optimizer)
@@ -212,5 +214,6 @@ def build_run(args, echo=print):
     run = TrainRun(model=model, family=family, setup=setup, dataset=dataset, optimizer=optimizer, scheduler=scheduler,
                    checkpoint_dir=checkpoint_dir,
                    accelerator=accelerator, config=loop_config, metrics=metrics, lyric_cache=cache,
-                   train_config=train_config, echo=echo if accelerator.is_main_process else (lambda _: None))
+                   train_config=train_config, echo=echo if accelerator.is_main_process else (lambda _: None),
+                   summary=memory_lines)
     return run, freed
