@@ -1,4 +1,4 @@
-"""Shared fixtures: the golden folder, tiny generated audio, quiet progress bars; how pytest-xdist runs the suite."""
+"""Shared fixtures: the golden folder, tiny generated audio, quiet progress bars; the slowest files first."""
 
 from __future__ import annotations
 
