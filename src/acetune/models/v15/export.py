@@ -11,7 +11,7 @@ kohya or acetune layout; scale from `.alpha`, config or flags). Outputs:
   loaded by `AceStepPipeline.load_lora_weights`. LoRA only (no LoKr, no DoRA).
 - `--merge --checkpoint_dir CKPT [--strength S]`: W += S * scale * B @ A in the transformer folder's
   safetensors (`lora.merge.merge_into_transformer`, as for v1). LoRA only.
-- `--resize RANK` / `--resize_energy F`: SVD-resize each LoRA module first (`stages.export.svd_resize`).
+- `--resize RANK` / `--resize_energy F`: SVD-resize each LoRA module first (`lora.resize.svd_resize`).
 - DoRA (peft magnitude vectors): ComfyUI formats write `dora_scale` = m ‖W‖_row / ‖W + s B A‖_row
   from the base weights (`--checkpoint_dir`), which ComfyUI applies exactly at strength 1.0.
 """
@@ -31,6 +31,7 @@ from acetune.lora.check import check_consistent, check_widths, weight_shapes
 from acetune.lora.dora import dora_scale_for_comfyui, read_base_weights
 from acetune.lora.file import save_lora_file
 from acetune.lora.import_15 import ACETUNE_FAMILY_METADATA, LAYOUT_SAVED, Adapter15, read_adapter_15
+from acetune.lora.resize import describe_config, svd_resize
 from acetune.models.v15.layout import MODEL_INDEX_FILE, TRANSFORMER_DIR
 from acetune.models.v15.schema import FAMILY_NAME
 from acetune.models.v15.variant import RELEASED_WIDTHS
@@ -131,8 +132,6 @@ def lora_modules(adapter: Adapter15) -> dict:
 
 def diffusers_config(adapter: Adapter15) -> dict:
     """The peft config for the diffusers file: the trained one for our own saved layout, else rebuilt from scales."""
-    from acetune.stages.export import describe_config
-
     if adapter.layout == LAYOUT_SAVED and adapter.config is not None:
         return json.loads(json.dumps(adapter.config))
     cfg = describe_config(lora_modules(adapter), None)
@@ -231,9 +230,7 @@ def export(args, path: Path, default_output) -> int:
 
 
 def resize(adapter: Adapter15, rank: int | None, energy: float | None) -> None:
-    """SVD-resize every LoRA module in place (`stages.export.svd_resize`), printing one line per module."""
-    from acetune.stages.export import svd_resize
-
+    """SVD-resize every LoRA module in place (`lora.resize.svd_resize`), printing one line per module."""
     rslora = bool((adapter.config or {}).get("use_rslora", False))
     kept_all = []
     print(f"{'module':<40} {'rank':>9}  kept energy")
