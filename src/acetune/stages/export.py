@@ -59,6 +59,8 @@ EXAMPLES = """examples:
   acetune export --input_name ckpt/step-000400 --format comfyui --checkpoint_dir ACE-Step-v1-3.5B
   # a LoRA from a full fine-tune (`acetune train --full`), keeping 90% of each layer's delta energy:
   acetune export --extract_lora --base ACE-Step/ACE-Step-v1-3.5B --tuned checkpoints/run/transformer --energy 0.9
+  # an ACE-Step 1.5 `train --full` run as one ComfyUI file (the rest of the model from ComfyUI's own file):
+  acetune export --comfyui_checkpoint --input_name checkpoints/run/transformer --comfyui_base ComfyUI/models/diffusion_models/acestep_v1.5_turbo.safetensors
   # merge into the base transformer at strength 0.8:
   acetune export --input_name lora.safetensors --merge --checkpoint_dir ACE-Step/ACE-Step-v1-3.5B --strength 0.8
 """
@@ -101,7 +103,12 @@ class Args:
                                          "(a LoRA already baked)")
     comfyui_checkpoint: bool = arg(False, help="--input_name is a full fine-tune's transformer folder (or the "
                                    "checkpoint holding it): write it as one file for ComfyUI's 'Load Diffusion "
-                                   "Model' (ACE-Step v1)")
+                                   "Model' (ACE-Step v1; ACE-Step 1.5 also needs --comfyui_base)")
+    comfyui_base: str | None = arg(None, help="with --comfyui_checkpoint, ACE-Step 1.5: ComfyUI's released file of "
+                                   "the model the run trained from (e.g. models/diffusion_models/acestep_v1.5_turbo"
+                                   ".safetensors, or the all-in-one checkpoint); the output is that file with every "
+                                   "decoder weight replaced by the fine-tuned one (condition encoder, audio "
+                                   "tokenizer and the rest kept)", metavar="FILE")
     extract_lora: bool = arg(False, help="make a LoRA of a full fine-tune: truncated SVD of each linear layer's "
                              "weight delta (--tuned minus --base), written in ComfyUI keys at strength 1.0, with "
                              "the kept energy per module and overall")
@@ -118,6 +125,8 @@ class Args:
         from acetune.stages.extract_lora import extract_problems
 
         problems += extract_problems(self)
+        if self.comfyui_base and not self.comfyui_checkpoint:
+            problems.append("--comfyui_base belongs to --comfyui_checkpoint")
         if self.resize is not None and self.resize_energy is not None:
             problems.append("--resize and --resize_energy both given: choose one")
         if self.resize is not None and self.resize < 1:

@@ -115,7 +115,8 @@ def run_extract(args) -> int:
 
 
 def run_comfyui_checkpoint(args) -> int:
-    """Write the single-file ComfyUI checkpoint of a transformer folder (`training/full.py` layout)."""
+    """Write the single-file ComfyUI checkpoint of a transformer folder: v1 from the folder alone
+    (`training/full.py`), 1.5 into the user's ComfyUI file (`models/v15/export_comfyui.py`)."""
     from acetune.training.full import write_comfyui_checkpoint
 
     folder = weights_path(args.input_name, "--input_name")
@@ -124,9 +125,27 @@ def run_comfyui_checkpoint(args) -> int:
     out = Path(args.output_name) if args.output_name else folder.parent / f"{folder.name}_comfyui.safetensors"
     if out.exists() and not args.overwrite:
         raise UsageError("exists already", path=out, fix="pass --overwrite to replace it, or choose another --output_name")
-    if family_of(folder) != "v1":
-        raise InputError(f"--input_name {args.input_name}: only ACE-Step v1 has a single-file ComfyUI checkpoint "
-                         "in acetune so far", fix="for ACE-Step 1.5 share a LoRA: acetune export --extract_lora")
-    written = write_comfyui_checkpoint(folder, out)
-    print(f"wrote {written} (ComfyUI: models/diffusion_models/, 'Load Diffusion Model')")
+    family = family_of(folder)
+    if family == "v1":
+        if args.comfyui_base:
+            raise UsageError("--comfyui_base is for ACE-Step 1.5; a v1 file is written from the folder alone",
+                             fix="drop --comfyui_base")
+        written = write_comfyui_checkpoint(folder, out)
+        print(f"wrote {written} (ComfyUI: models/diffusion_models/, 'Load Diffusion Model')")
+        return 0
+    from acetune.models.v15.export_comfyui import FIX_BASE, write_comfyui_checkpoint_15
+
+    if not args.comfyui_base:
+        raise UsageError("an ACE-Step 1.5 file also needs --comfyui_base (its condition encoder and audio tokenizer "
+                         "are not in the transformer folder)", fix=FIX_BASE)
+    base = Path(args.comfyui_base)
+    if not base.is_file():
+        raise InputError("--comfyui_base: not found", path=base, fix=FIX_BASE)
+    if out.resolve() == base.resolve():
+        raise UsageError("--output_name is the --comfyui_base file", path=out, fix="write to a new file")
+    s = write_comfyui_checkpoint_15(folder, base, out)
+    where = "models/checkpoints/, 'Load Checkpoint'" if s["prefix"] else "models/diffusion_models/, 'Load Diffusion Model'"
+    print(f"wrote {out} ({s['bytes'] / 1e9:.2f} GB): {s['replaced']} decoder tensors from {folder} "
+          f"({'/'.join(s['dtypes'])}, {s['layers']} layers, width {s['width']}), {s['kept']} tensors kept from "
+          f"{base.name}; ComfyUI: {where}")
     return 0

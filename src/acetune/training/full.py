@@ -127,8 +127,12 @@ def write_final_model(run, output_dir: Path, dtype: torch.dtype) -> None:
     run.echo(f"fine-tuned transformer: {folder} (from_pretrained folder; `acetune export --extract_lora` makes a "
              "LoRA of it)")
     single = write_comfyui_checkpoint(folder, output_dir / COMFYUI_CHECKPOINT_FILE)
-    run.echo(f"ComfyUI: {single} (copy it to ComfyUI/models/diffusion_models/, load with 'Load Diffusion Model')"
-             if single else "ComfyUI single file: not written (only ACE-Step v1 has one so far; see docs/train.md)")
+    if single:
+        run.echo(f"ComfyUI: {single} (copy it to ComfyUI/models/diffusion_models/, load with 'Load Diffusion Model')")
+    else:  # ACE-Step 1.5: the rest of ComfyUI's model comes from the user's own ComfyUI file
+        from acetune.models.v15.export_comfyui import export_command
+
+        run.echo(f"ComfyUI single file: {export_command(folder)}")
 
 
 COMFYUI_CHECKPOINT_FILE = "transformer_comfyui.safetensors"
