@@ -83,6 +83,7 @@ def write_streamed(out: Path, tensors: Iterable[tuple[str, Stored]], metadata: d
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     handles: dict[Path, object] = {}
+    buffer = memoryview(bytearray(CHUNK))  # the one copy buffer, reused for every tensor
     try:
         with open(tmp, "wb") as dst:
             dst.write(struct.pack("<Q", len(blob)))
@@ -92,12 +93,12 @@ def write_streamed(out: Path, tensors: Iterable[tuple[str, Stored]], metadata: d
                 f.seek(src.start)
                 left = src.nbytes
                 while left:
-                    chunk = f.read(min(CHUNK, left))
-                    if not chunk:
+                    got = f.readinto(buffer[:min(CHUNK, left)])
+                    if not got:
                         raise InputError("ended before its tensors did (truncated file)", path=src.path,
                                          fix="download the file again")
-                    dst.write(chunk)
-                    left -= len(chunk)
+                    dst.write(buffer[:got])
+                    left -= got
         os.replace(tmp, out)
     finally:
         for f in handles.values():
