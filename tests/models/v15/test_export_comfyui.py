@@ -12,6 +12,7 @@ from tests.models.v15.comfyui_tree import comfyui_15_shapes, save_comfyui_base, 
 
 from acetune.cli import run_command
 from acetune.models.v15.export_comfyui import comfyui_name, export_command
+from acetune.safetensors_stream import ITEM_SIZE, read_header
 
 AIO = "model.diffusion_model."  # ComfyUI's all-in-one checkpoint prefix
 
@@ -97,6 +98,10 @@ def test_fp32_fine_tune_keeps_its_dtype_in_a_bf16_base(made, tmp_path):
     assert all(torch.equal(got[comfyui_name(k)], v) and got[comfyui_name(k)].dtype == torch.float32
                for k, v in tuned.items())
     assert got["encoder.text_projector.weight"].dtype == torch.bfloat16
+    stored, _ = read_header(out)  # mixed widths: every tensor still starts at a multiple of its item size
+    first = min(t.start for t in stored.values())
+    assert all((t.start - first) % ITEM_SIZE[t.dtype] == 0 for t in stored.values())
+    assert first % 8 == 0
 
 
 def _edited_base(made, tmp_path, edit):
@@ -148,6 +153,10 @@ def test_other_files_as_base_are_named_for_what_they_are(made, tmp_path, capsys)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     assert "not a safetensors file" in _fail(capsys, made["2b", "tuned"], junk, tmp_path / "o.safetensors")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(made["2b", "base"].read_bytes()[:-100])
+    assert "does not fit its header (truncated or damaged file)" in _fail(capsys, made["2b", "tuned"], cut,
+                                                                          tmp_path / "o.safetensors")
 
 
 def test_flags_are_checked_before_anything_is_written(made, tmp_path, capsys):
