@@ -62,7 +62,7 @@ def test_preprocess_rows_give_songs_per_second_with_and_without_load_and_peak_rs
                       {"time_s": 60.0, "encode_s": 50.0, "songs": 6, "peak_rss_gb": 3.5}]}
     rows = vs_fork.format_prep_rows(fork, ours)
     assert len(rows) == 5  # 2 variants x (with load, without) + peak RSS of the first variant
-    assert "whole run incl. model load: acetune acetune defaults" in rows[0]
+    assert "whole run incl. model load: acetune defaults (2 decode threads)" in rows[0]
     # medians 110 s / 54 s; per-round ratios 0.6 and 0.4 -> 0.5 (not 54 / 110)
     assert rows[0].endswith("| 110 s (0.0545 songs/s) | 54 s (0.111 songs/s) | **0.50** |")
     assert "encoding only (load excluded): acetune --batch_songs" in rows[3]
