@@ -32,6 +32,36 @@ downloads):
       and `transform` with the two lines of `encode` between them (pad to 4096, min/max scaling);
       acetune: `audio.io.load_song`, `audio.resample.resample`, `MusicDCAE.dcae_input`.
 
+  preprocess-official
+      A whole preprocess run, SSL on, of the same 6 songs (acetune's demo-song synthesiser; 10-50 s,
+      120 s in all; wav and mp3; 44.1 and 48 kHz; one with lyrics; tag prompts; `vs_fork_prep.SONGS`)
+      with the same encoder folders, one fresh process per run: the official-size DCAE + vocoder and
+      UMT5-base (official configs, det_init weights; a small trained tokenizer), the golden lyric vocab,
+      and MERT / mHuBERT stand-ins: HubertModel folders in the released models' shapes (MERT-v1-330M
+      1024 x 24 layers at 24 kHz, mHuBERT-147 768 x 12 at 16 kHz; det_init), loaded by both sides with
+      transformers `AutoModel` (MERT's own remote code is HuBERT plus options the 330M model leaves off;
+      it cannot be fetched here). bf16 compute on both sides (the fork's choice on a bf16 GPU).
+      fork: `preprocess_dataset_new.main` on the fork's `convert2hf_dataset_new` dataset of the songs
+      (made untimed): its `Preprocessor` loads the codec and UMT5 through `ACEStepPipeline`, compiles
+      the DCAE encoder and UMT5 (`torch.compile`, as it does), loads MERT and mHuBERT from the HF cache
+      layout under --checkpoint_dir, then per song (DataLoader, batch 1): decode, resample to 48 kHz,
+      MERT, mHuBERT (all chunks of a song in one batch), UMT5 of the one prompt it draws, DCAE encode in
+      one pass, and writes the Arrow dataset. Kept on the CPU by a subclass (see
+      `vs_fork_side.fork_preprocess`). Not removable: the fork also loads the 3.5B transformer in
+      `ACEStepPipeline.load_checkpoint` and deletes it unused; that load is skipped here (it needs a
+      7 GB checkpoint and the big-memory lock), so the fork's "incl. load" figure is lower than its
+      real run's.
+      acetune: `acetune preprocess` in-process (`cli.run_command`) with `--dtype bfloat16
+      --prompt_variants 1` (the fork's dtype, its one prompt per song) and each lever of
+      `vs_fork_prep.LEVERS` in turn (`--variants`): defaults (2 decode threads ahead), decoding
+      inline, `--batch_songs`, `--compile`, and acetune's default of 4 prompt variants (more work than
+      the fork's). Its stored rows differ by design (SSL quantised and entropy-coded, windowed DCAE for
+      songs over 47.5 s, bf16 storage): each side stores what its trainer reads.
+      Figures: wall seconds of the entry call (imports excluded) and songs/s, with and without the
+      encoders' load (fork: `Preprocessor.__init__`; acetune: `stages.preprocess.load_encoders`), and
+      the peak RSS of the process. One run per process (no warm-up: a first song paying a compile is
+      part of a whole run).
+
 The fork's scratch env (never committed; shown for torch 2.13 CPU): the fork's files at its commit in
 /tmp/fork-src; `python -m venv --system-site-packages /tmp/scratch-fork` (global torch, diffusers,
 transformers, peft, datasets); `pip install pytorch-lightning==2.6.6 natsort==8.4.0 loguru==0.7.3
@@ -46,6 +76,7 @@ soundfile decoding to float32 channels-first (what torchaudio's soundfile backen
     python benchmarks/vs_fork.py --case train-medium-10s            # one case, interleaved
     python benchmarks/vs_fork.py                                     # every case (official ones: ~8 GB)
     python benchmarks/vs_fork.py --case audio-path-180s --acetune_only   # our side alone, quick check
+    python benchmarks/vs_fork.py --case preprocess-official --variants default batch   # whole preprocess
 """
 
 from __future__ import annotations
@@ -62,21 +93,26 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from vs_fork_side import fork_env, fork_other, fork_train, peak_rss_gb, time_calls  # noqa: E402
+import vs_fork_prep  # noqa: E402
+from vs_fork_side import fork_env, fork_other, fork_preprocess, fork_train, peak_rss_gb, time_calls  # noqa: E402
 
 TRAIN_CASES = {"train-official-10s": ("official", 10), "train-medium-10s": ("medium", 10),
                "train-medium-60s": ("medium", 60)}
 OTHER_CASES = {"dcae-encode-official-30s": 30, "audio-path-180s": 180}
-CASES = (*TRAIN_CASES, *OTHER_CASES)
-BIG = {"train-official-10s"}  # ~8 GB: run under the shared big-memory lock
+PREP_CASE = "preprocess-official"
+CASES = (*TRAIN_CASES, *OTHER_CASES, PREP_CASE)
+BIG = {"train-official-10s", PREP_CASE}  # > 4 GB (~8 GB, ~4.3 GB): run under the shared big-memory lock
 # acetune variants per case: (variant id, label)
 VARIANTS = {case: [("lyric-each-step", "lyric encoder each step"), ("cached", "cached lyric path")]
             for case in TRAIN_CASES}
+VARIANTS[PREP_CASE] = [(v, label) for v, (label, _) in vs_fork_prep.LEVERS.items()]
 WORK = {"train-official-10s": "LoRA train step, official config, bf16, 10 s",
         "train-medium-10s": "LoRA train step, medium config, bf16, 10 s",
         "train-medium-60s": "LoRA train step, medium config, bf16, 60 s",
         "dcae-encode-official-30s": "DCAE encode, official config, bf16, 30 s",
-        "audio-path-180s": "audio path, 180 s song (decode, 48k, 44.1k, log-mel, normalise)"}
+        "audio-path-180s": "audio path, 180 s song (decode, 48k, 44.1k, log-mel, normalise)",
+        PREP_CASE: f"whole preprocess, {len(vs_fork_prep.SONGS)} songs "
+                   f"{sum(s[1] for s in vs_fork_prep.SONGS)} s, official-size encoders, SSL on"}
 
 
 # ---- shared inputs, made once by the parent (acetune's env) ----
@@ -87,7 +123,7 @@ def prepare(case: str, work_dir: Path) -> None:
     import soundfile
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    if case in OTHER_CASES and not (work_dir / "codec" / "music_dcae_f8c8" / "config.json").is_file():
+    if case in (*OTHER_CASES, PREP_CASE) and not (work_dir / "codec" / "music_dcae_f8c8" / "config.json").is_file():
         from diffusers import AutoencoderDC
 
         from acetune.models.v1.dcae import MusicDCAE, official_dcae_config
@@ -112,6 +148,9 @@ def prepare(case: str, work_dir: Path) -> None:
         t = np.arange(30 * 48000) / 48000
         wav = 0.2 * np.sin(2 * np.pi * 220.0 * t)[None] + 0.05 * rng.standard_normal((2, t.size))
         np.save(work_dir / "audio30_48k.npy", wav.astype(np.float32))
+    if case == PREP_CASE:
+        golden = Path(os.environ.get("ACETUNE_GOLDEN", HERE.parents[1] / "shared" / "golden"))
+        vs_fork_prep.prepare(work_dir, work_dir / "codec", golden)
 
 
 # ---- acetune's side ----
@@ -119,6 +158,8 @@ def prepare(case: str, work_dir: Path) -> None:
 def acetune_side(case: str, variant: str, work_dir: Path, warmup: int, repeats: int) -> dict:
     import torch
 
+    if case == PREP_CASE:
+        return vs_fork_prep.acetune_preprocess(work_dir / "prep", variant)
     if case in TRAIN_CASES:
         import train as train_bench
 
@@ -156,7 +197,7 @@ def run_worker(args, side: str, case: str, variant: str) -> dict:
     cmd = [args.fork_python if side == "fork" else sys.executable, __file__, "--worker", side, case, variant,
            "--fork_dir", str(args.fork_dir), "--work_dir", str(args.work_dir),
            "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), ACETUNE_NO_PROGRESS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), ACETUNE_NO_PROGRESS="1", HF_HUB_OFFLINE="1")
     if side == "fork":
         env.pop("PYTHONPATH", None)
     if case in BIG and not args.no_lock:
@@ -190,6 +231,30 @@ def format_rows(case: str, fork_runs: list[dict], ours: dict[str, list[dict]]) -
     return out
 
 
+def format_prep_rows(fork_runs: list[dict], ours: dict[str, list[dict]]) -> list[str]:
+    """Whole-preprocess rows: per acetune variant, wall s and songs/s with and without the encoders' load;
+    peak RSS of the first variant. The ratio is acetune/fork of the seconds (<= 0.5 is >= 2x the songs/s)."""
+    def cell(runs: list[dict], value: float | None, key: str) -> str:
+        if value is None:
+            return "—"
+        songs = statistics.median(r["songs"] for r in runs)
+        return f"{value:.3g} s ({songs / value:.3g} songs/s)" if key != "peak_rss_gb" else f"{value:.3g} GB"
+
+    out = []
+    for key, what in (("time_s", "whole run incl. model load"), ("encode_s", "encoding only (load excluded)")):
+        for variant, label in VARIANTS[PREP_CASE]:
+            if variant not in ours:
+                continue
+            f, a, ratio = summarize(fork_runs, ours[variant], key)
+            out.append(f"| {WORK[PREP_CASE]}, {what}: acetune {label} | {cell(fork_runs, f, key)} | "
+                       f"{cell(ours[variant], a, key)} | " + ("—" if ratio is None else f"**{ratio:.2f}**") + " |")
+    first, label = next((v, label) for v, label in VARIANTS[PREP_CASE] if v in ours)
+    f, a, ratio = summarize(fork_runs, ours[first], "peak_rss_gb")
+    out.append(f"| peak RSS, {WORK[PREP_CASE]}: acetune {label} | {cell(fork_runs, f, 'peak_rss_gb')} | "
+               f"{cell(ours[first], a, 'peak_rss_gb')} | " + ("—" if ratio is None else f"**{ratio:.2f}**") + " |")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  epilog="\n".join(__doc__.splitlines()[2:]),
@@ -206,6 +271,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
     ap.add_argument("--lock", default="/tmp/acetune-bigmem.lock", help="flock file for the official-size cases")
     ap.add_argument("--no_lock", action="store_true", help="do not take the big-memory lock (caller holds it)")
+    ap.add_argument("--variants", nargs="*", choices=[v for v, _ in VARIANTS[PREP_CASE]],
+                    help=f"{PREP_CASE}: acetune variants to run (default: all, in this order: "
+                         f"{', '.join(v for v, _ in VARIANTS[PREP_CASE])})")
     ap.add_argument("--worker", nargs=3, metavar=("SIDE", "CASE", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -215,8 +283,12 @@ def main() -> int:
         side, case, variant = args.worker
         if side == "fork":
             fork_env(args.fork_dir)
-            r = (fork_train(args.fork_dir, *TRAIN_CASES[case], args.warmup, args.repeats) if case in TRAIN_CASES
-                 else fork_other(case, args.work_dir, args.warmup, args.repeats))
+            if case == PREP_CASE:
+                r = fork_preprocess(args.fork_dir, args.work_dir / "prep")
+            elif case in TRAIN_CASES:
+                r = fork_train(args.fork_dir, *TRAIN_CASES[case], args.warmup, args.repeats)
+            else:
+                r = fork_other(case, args.work_dir, args.warmup, args.repeats)
         else:
             r = acetune_side(case, variant, args.work_dir, args.warmup, args.repeats)
         print(json.dumps(r))
@@ -229,7 +301,8 @@ def main() -> int:
     failed = 0
     for case in args.case:
         prepare(case, args.work_dir)
-        fork_runs, ours = [], {v: [] for v, _ in VARIANTS.get(case, [("default", "")])}
+        fork_runs, ours = [], {v: [] for v, _ in VARIANTS.get(case, [("default", "")])
+                               if case != PREP_CASE or not args.variants or v in args.variants}
         try:
             for _ in range(args.rounds):
                 if not args.acetune_only:
@@ -242,7 +315,8 @@ def main() -> int:
             print(f"| {WORK[case]} | failed: {err} | | |", flush=True)
             failed += 1
             continue
-        print("\n".join(format_rows(case, fork_runs, ours)), flush=True)
+        rows = format_prep_rows(fork_runs, ours) if case == PREP_CASE else format_rows(case, fork_runs, ours)
+        print("\n".join(rows), flush=True)
     return 1 if failed else 0
 
 

@@ -216,3 +216,50 @@ def fork_other(case: str, work_dir: Path, warmup: int, repeats: int) -> dict:
                 mels = (mels - codec.min_mel_value) / (codec.max_mel_value - codec.min_mel_value)
                 return codec.transform(mels)
     return {"time_s": time_calls(run, warmup, repeats), "peak_rss_gb": peak_rss_gb()}
+
+
+def fork_preprocess(fork_dir: Path, root: Path) -> dict:
+    """One whole run of the fork's `preprocess_dataset_new.main` over `root`'s songs (see `vs_fork_prep.py`).
+
+    Changes to the fork's run, all on its device handling or the inputs' location (no encoder code):
+    its `Preprocessor` is used through a subclass whose `.to` keeps everything on the CPU (it says
+    "cuda:0") and whose device is the CPU; `torch.cuda.is_bf16_supported` answers True after the
+    module is imported, so it picks bf16 as on a bf16 GPU; its pipeline's 3.5B transformer load is
+    skipped (the transformer is deleted unused by `Preprocessor.__init__`); the Arrow cache is a
+    fresh folder per run (else `Dataset.from_generator` would reuse a previous run's rows).
+    """
+    import tempfile
+    import types
+
+    import convert2hf_dataset_new
+    import datasets
+    import preprocess_dataset_new as prep
+    import torch
+    from acestep import pipeline_ace_step
+
+    torch.cuda.is_bf16_supported = lambda *args, **kwargs: True
+    pipeline_ace_step.ACEStepTransformer2DModel = types.SimpleNamespace(
+        from_pretrained=lambda *args, **kwargs: torch.nn.Identity())
+    load = {}
+
+    class CpuPreprocessor(prep.Preprocessor):
+        def __init__(self, checkpoint_dir=None):
+            start = time.perf_counter()
+            super().__init__(checkpoint_dir)
+            self.device = torch.device("cpu")
+            load["s"] = time.perf_counter() - start
+
+        def to(self, *args, **kwargs):
+            return super().to("cpu", *args[1:], **kwargs)
+
+    prep.Preprocessor = CpuPreprocessor
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        datasets.config.HF_DATASETS_CACHE = Path(tmp) / "cache"
+        convert2hf_dataset_new.create_dataset(str(root / "songs"), 1, f"{tmp}/ds_fork", "")
+        sys.argv = ["preprocess_dataset_new.py", "--input_name", f"{tmp}/ds_fork", "--output_name", f"{tmp}/out",
+                    "--checkpoint_dir", str(root / "ckpt")]
+        start = time.perf_counter()
+        prep.main()
+        total = time.perf_counter() - start
+        songs = len(datasets.load_from_disk(f"{tmp}/out"))
+    return {"time_s": total, "encode_s": total - load["s"], "load_s": load["s"], "songs": songs, "peak_rss_gb": peak_rss_gb()}

@@ -51,3 +51,41 @@ def test_warmup_calls_are_made_but_not_counted(vs_fork):
     calls = []
     vs_fork.time_calls(lambda: calls.append(1), warmup=2, repeats=5)
     assert len(calls) == 7
+
+
+def test_preprocess_rows_give_songs_per_second_with_and_without_load_and_peak_rss(vs_fork):
+    fork = [{"time_s": 100.0, "encode_s": 80.0, "songs": 6, "peak_rss_gb": 4.0},
+            {"time_s": 120.0, "encode_s": 100.0, "songs": 6, "peak_rss_gb": 4.0}]
+    ours = {"default": [{"time_s": 60.0, "encode_s": 50.0, "songs": 6, "peak_rss_gb": 3.0},
+                        {"time_s": 48.0, "encode_s": 40.0, "songs": 6, "peak_rss_gb": 3.0}],
+            "batch": [{"time_s": 50.0, "encode_s": 40.0, "songs": 6, "peak_rss_gb": 3.5},
+                      {"time_s": 60.0, "encode_s": 50.0, "songs": 6, "peak_rss_gb": 3.5}]}
+    rows = vs_fork.format_prep_rows(fork, ours)
+    assert len(rows) == 5  # 2 variants x (with load, without) + peak RSS of the first variant
+    assert "whole run incl. model load: acetune defaults (2 decode threads)" in rows[0]
+    # medians 110 s / 54 s; per-round ratios 0.6 and 0.4 -> 0.5 (not 54 / 110)
+    assert rows[0].endswith("| 110 s (0.0545 songs/s) | 54 s (0.111 songs/s) | **0.50** |")
+    assert "encoding only (load excluded): acetune --batch_songs" in rows[3]
+    assert rows[3].endswith("| 90 s (0.0667 songs/s) | 45 s (0.133 songs/s) | **0.50** |")
+    assert rows[4].startswith("| peak RSS, ") and rows[4].endswith("| 4 GB | 3 GB | **0.75** |")
+
+
+def test_preprocess_variants_are_valid_preprocess_command_lines_with_ssl_on(vs_fork, tmp_path):
+    from acetune import cli
+    from acetune.stages.preprocess import Args
+
+    prep = vs_fork.vs_fork_prep
+    assert [v for v, _ in vs_fork.VARIANTS[vs_fork.PREP_CASE]] == list(prep.LEVERS)
+    for variant in prep.LEVERS:
+        args = cli.parse_args(Args, prep.preprocess_args(tmp_path, tmp_path / "out", variant), "acetune preprocess")
+        assert args.mert_dir == tmp_path / "ssl" / "mert" and args.mhubert_dir == tmp_path / "ssl" / "mhubert"
+        assert args.dtype == "bfloat16"  # the fork's compute dtype
+        assert args.prompt_variants == (4 if variant == "k4" else 1)  # the fork stores one prompt per song
+        assert args.num_workers == (0 if variant == "inline" else 2)
+        assert (args.batch_songs, args.compile) == (variant == "batch", variant == "compile")
+
+
+def test_preprocess_songs_mix_lengths_rates_and_formats(vs_fork):
+    songs = vs_fork.vs_fork_prep.SONGS
+    assert {s[2] for s in songs} == {44100, 48000} and {s[3] for s in songs} == {"wav", "mp3"}
+    assert max(s[1] for s in songs) > 47.5  # one song takes the windowed DCAE

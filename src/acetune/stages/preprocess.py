@@ -25,7 +25,7 @@ from acetune.cli import arg
 from acetune.dataset import schema
 from acetune.dataset.song import SongRecord, resolve_filename
 from acetune.errors import InputError, UsageError
-from acetune.preprocessing import distributed, pipeline, ssl, store
+from acetune.preprocessing import codec_parts, distributed, pipeline, ssl, store
 from acetune.progress import progress
 from acetune.report import Report
 
@@ -218,7 +218,7 @@ def load_encoders(args: Args, family, dtype: torch.dtype) -> pipeline.Encoders:
             ssl_models[name] = ssl.load_ssl_model(folder, flag=flag, trust_remote_code=args.trust_remote_code,
                                                   dtype=dtype)
     return pipeline.Encoders(
-        codec=family.load_codec(args.checkpoint_dir, dtype=dtype),
+        codec=codec_parts.encoder_only(family.load_codec(args.checkpoint_dir, dtype=dtype)),
         text=family.load_text_encoder(args.checkpoint_dir, dtype=dtype),
         lyrics=family.load_lyric_tokenizer(args.checkpoint_dir, args.lyric_vocab),
         ssl_models=ssl_models, sample_rate=family.sample_rate,
