@@ -166,7 +166,7 @@ def build_run(args, echo=print):
         echo(f"--compile: {compile_blocks(model)} transformer blocks compile during the first steps")
 
     _, memory_lines = plan_checkpointing(args, model, setup, hf_dataset, lora_config=lora_config, use_ssl=use_ssl,
-                                         device=device)
+                                         device=device, processes=accelerator.num_processes)
     if fsdp:  # after the unused modules are freed, before the optimizer sees the (now sharded) parameters
         from acetune.training.sharding import shard
 
