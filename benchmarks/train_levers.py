@@ -1,7 +1,7 @@
 """Each training-step speed lever's share, measured A/B in one process (issue 21).
 
-The step is `benchmarks/train.py`'s (the trainer's own: batch -> `V1Family.training_loss` under bf16
-autocast -> backward -> clip -> AdamW -> LR scheduler step; rsLoRA r64 alpha 1 on
+The step is `benchmarks/train.py`'s `step_runner` (the trainer's own: batch -> `V1Family.training_loss` under
+bf16 autocast -> backward -> LoRA grads widened from bf16 -> clip -> AdamW -> LR scheduler step; rsLoRA r64 alpha 1 on
 to_q/to_k/to_v/to_out.0, fp32 LoRA over bf16 weights, SSL losses on, lyric-encoder output cached).
 For every lever the same model runs with the lever off and on, alternated (off on off on ...), each
 measurement the median of `--steps` steps after warm-ups; the row gives the medians over `--rounds`
@@ -50,39 +50,8 @@ def set_lever(model, lever: str, on: bool) -> None:
 
 
 def step_runner(config: str, length: str):
-    """(model, one_step) for a case: one_step() runs one whole training step and returns its seconds."""
-    import torch
-
-    from acetune.models.v1.family import FAMILY
-    from acetune.training.data import ConditionDropout, LyricCache, batch_to, make_batch
-    from acetune.training.lora import lora_input_casting
-    from acetune.training.optim import build_optimizer
-
-    model, setup = bench_train.build(config, torch.bfloat16)
-    s = bench_train.sample(model.config, length)
-    cache = LyricCache()
-    cache.fill(model, [s], torch.device("cpu"), torch.bfloat16)
-    FAMILY.prepare_for_training(model, use_ssl=True, drop_lyric_path=True)
-    optimizer = build_optimizer(setup.params, "adamw", lr=1e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / 10))
-    names = tuple(model.config.ssl_names)
-    cpu = torch.device("cpu")
-    casting = lora_input_casting(model, enabled=False)  # as `training.loop.fit` under autocast
-    casting.__enter__()
-
-    def one_step() -> float:
-        start = time.perf_counter()
-        batch = batch_to(make_batch([s], dropout=ConditionDropout(), lyric_cache=cache, ssl_names=names), cpu,
-                         torch.bfloat16)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            terms = FAMILY.training_loss(model, batch, shift=3.0, ssl_coeff=1.0)
-        terms.loss.backward()
-        torch.nn.utils.clip_grad_norm_(setup.params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
-
+    """(model, one_step) for a case: `benchmarks/train.py`'s step (the trainer's), bf16, lyrics cached."""
+    model, one_step, _ = bench_train.step_runner(config, "bf16", length)
     return model, one_step
 
 

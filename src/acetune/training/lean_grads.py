@@ -12,9 +12,12 @@ backward holds half the gradient bytes (0.25 -> 0.125 GB for rsLoRA r64 on the o
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def lean_params(setup, *, autocast: bool, compute_dtype: torch.dtype, accumulate: int,
@@ -31,19 +34,24 @@ def lean_params(setup, *, autocast: bool, compute_dtype: torch.dtype, accumulate
 
 
 class Bf16Grads:
-    """Post-accumulate hooks that move each gradient into a bf16 stash; `restore()` puts the fp32 back."""
+    """Post-accumulate hooks that move each gradient into a bf16 stash; `restore()` puts the fp32 back.
+
+    Each held gradient is compared with its bf16 copy on the device (no sync); `restore()` reads the
+    verdict once per step. Should a gradient ever not be a bf16 value (a weight cast twice in one step), the
+    run warns and keeps fp32 gradients from then on (that step's gradients were rounded to bf16)."""
 
     def __init__(self, params: list[torch.nn.Parameter]):
         self.params = list(params)
         self.stash: dict[int, torch.Tensor] = {}
+        self.inexact: torch.Tensor | None = None
         self.handles = [p.register_post_accumulate_grad_hook(self._hold) for p in self.params]
 
     def _hold(self, param: torch.nn.Parameter) -> None:
-        held = self.stash.pop(id(param), None)
-        if held is None:  # the first contribution: a bf16 cast's gradient, widened
-            self.stash[id(param)] = param.grad.to(torch.bfloat16)
-        else:  # a second one (a weight used twice): summed as autograd's accumulation would, kept in fp32
-            self.stash[id(param)] = held.float() + param.grad
+        grad = param.grad
+        low = grad.to(torch.bfloat16)
+        lost = (low.float() != grad).logical_and_(grad == grad).any()  # NaN never equals itself: not a loss
+        self.inexact = lost if self.inexact is None else self.inexact.logical_or_(lost)
+        self.stash[id(param)] = low
         param.grad = None
 
     def restore(self) -> None:
@@ -52,11 +60,20 @@ class Bf16Grads:
             held = self.stash.pop(id(p), None)
             if held is not None:
                 p.grad = held.float()
+        if self.inexact is not None and bool(self.inexact):
+            logger.warning("a LoRA gradient was not a bf16 value; this step's gradients were rounded to bf16, "
+                           "later steps keep them in fp32 (please report this model and LoRA config)")
+            self.remove()
+        self.inexact = None
 
     def remove(self) -> None:
-        self.restore()
+        for p in self.params:
+            held = self.stash.pop(id(p), None)
+            if held is not None:
+                p.grad = held.float()
         for h in self.handles:
             h.remove()
+        self.handles = []
 
 
 @contextlib.contextmanager
