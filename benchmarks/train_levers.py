@@ -7,8 +7,9 @@ For every lever the same model runs with the lever off and on, alternated (off o
 measurement the median of `--steps` steps after warm-ups; the row gives the medians over `--rounds`
 pairs and the on/off ratio of each pair (so the machine's load drifts out of the ratio).
 
-Levers (all but checkpointing are on by default in `acetune train`):
+Levers (lean casts are on by default in `acetune train`; checkpointing is on, not fine):
   checkpointing off  `--gradient_checkpointing off`: no recompute of each block in the backward
+  fine checkpointing `--gradient_checkpointing fine`: each block's parts recomputed once more (less memory)
   lean casts         no fp32 round trip of q, k, v in the linear attention under autocast (bit-identical)
   compile            `--compile`: torch.compile of the transformer blocks (first steps compile)
 
@@ -30,17 +31,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import train as bench_train  # noqa: E402  (benchmarks/train.py: configs, model build, sample)
 
-LEVERS = ("checkpointing off", "lean casts", "compile")
+LEVERS = ("checkpointing off", "fine checkpointing", "lean casts", "compile")
 DEFAULT_CASES = ("tiny:10s", "tiny:60s", "medium:10s", "medium:60s")
 
 
 def set_lever(model, lever: str, on: bool) -> None:
     """Switch one lever on or off on a built model (the others are left as they are)."""
     from acetune.models.v1.attention import LinearSelfAttention
+    from acetune.training.block_checkpointing import apply_checkpointing
     from acetune.training.compiled import compile_blocks, uncompile_blocks
 
     if lever == "checkpointing off":
         model.disable_gradient_checkpointing() if on else model.enable_gradient_checkpointing()
+    elif lever == "fine checkpointing":
+        apply_checkpointing(model, len(model.transformer_blocks), inside=on)
     elif lever == "lean casts":
         LinearSelfAttention.lean_casts = on
     elif lever == "compile":
@@ -67,7 +71,7 @@ def measure_lever(model, one_step, lever: str, rounds: int, steps: int, warmup: 
     for _ in range(rounds):
         offs.append(timed(False))
         ons.append(timed(True))
-    set_lever(model, lever, lever != "compile")  # back to the trainer's default
+    set_lever(model, lever, lever == "lean casts")  # back to the trainer's default (only lean casts on)
     ratios = [b / a for a, b in zip(offs, ons)]
     return {"off": statistics.median(offs), "on": statistics.median(ons), "ratio": statistics.median(ratios),
             "ratios": ratios}

@@ -144,15 +144,21 @@ def _assign(model: torch.nn.Module, key: str, value: torch.Tensor) -> None:
 
 
 def load_weights(model: torch.nn.Module, files: list[Path], dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", on_block=None) -> None:
     """Fill `model` (built on meta) from safetensors `files`; every key must match exactly.
 
     Keys the model does not hold because `drop_unused_projections()` removed them are checked for
-    shape against the official layout and skipped.
+    shape against the official layout and skipped. `on_block(block)` is called as soon as every weight
+    of a transformer block is in (the int8 loader quantizes it there, before the next block is read).
     """
     expected = {k: tuple(p.shape) for k, p in model.named_parameters()}
     dropped = _dropped_shapes(model)
     seen: set[str] = set()
+    pending = {}  # block index -> keys still to read
+    if on_block is not None:
+        for key in expected:
+            if key.startswith("transformer_blocks."):
+                pending.setdefault(int(key.split(".")[1]), set()).add(key)
     for file in files:
         try:
             handle = safe_open(str(file), framework="pt", device=str(device))
@@ -173,6 +179,11 @@ def load_weights(model: torch.nn.Module, files: list[Path], dtype: torch.dtype =
                     # (data_ptr % 64 = 24 or 56 here), and CPU GEMM kernels take another path on unaligned
                     # weights, changing the last bit of results against the same weights built in memory.
                     _assign(model, key, handle.get_tensor(key).to(dtype=dtype, copy=True))
+                    if key.startswith("transformer_blocks.") and on_block is not None:
+                        index = int(key.split(".")[1])
+                        pending[index].discard(key)
+                        if not pending[index]:
+                            on_block(model.transformer_blocks[index])
     missing = [k for k in expected if k not in seen]
     if missing:
         where = files[0] if len(files) == 1 else files[0].parent
@@ -193,7 +204,7 @@ def _dropped_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def load_transformer(model_cls: type, folder: Path | str, dtype: torch.dtype = torch.float32,
-                     device: str | torch.device = "cpu", drop_unused: bool = False):
+                     device: str | torch.device = "cpu", drop_unused: bool = False, on_block=None):
     """Load an official `ace_step_transformer/` folder into a `model_cls` instance (eval mode).
 
     Args:
@@ -201,6 +212,7 @@ def load_transformer(model_cls: type, folder: Path | str, dtype: torch.dtype = t
         dtype: parameter dtype (float32, bfloat16, float16).
         device: where the parameters are created.
         drop_unused: skip the never-used `cross_attn.add_*` / `to_add_out` projections (training).
+        on_block: called with each transformer block once all its weights are read (see `load_weights`).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -211,7 +223,7 @@ def load_transformer(model_cls: type, folder: Path | str, dtype: torch.dtype = t
         model = model_cls(**kwargs)
     if drop_unused:
         model.drop_unused_projections()
-    load_weights(model, files, dtype=dtype, device=device)
+    load_weights(model, files, dtype=dtype, device=device, on_block=on_block)
     return model.eval()
 
 
