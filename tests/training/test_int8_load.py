@@ -16,26 +16,17 @@ def test_block_by_block_int8_load_equals_load_then_quantize(tmp_path, monkeypatc
     ref = FAMILY.load_transformer(tmp_path, dtype=torch.bfloat16, drop_unused=True)
     quantize_int8(ref)
 
+    from acetune.models.v1 import loading
     from acetune.training import quantize
 
-    order = []
-    real = quantize.quantize_linears_int8
-    monkeypatch.setattr(quantize, "quantize_linears_int8", lambda block: order.append(
-        sum(p.is_meta for p in ref_blocks(got_holder)) ) or real(block))
-    got_holder = []
-
-    def ref_blocks(holder):  # the model being loaded: what is still on meta when a block is quantized
-        return holder[0].parameters() if holder else []
-
-    real_init = ACEStepTransformer2DModel.__init__
-
-    def capture(self, *a, **k):
-        real_init(self, *a, **k)
-        got_holder.append(self)
-
-    monkeypatch.setattr(ACEStepTransformer2DModel, "__init__", capture)
+    events = []
+    real_assign, real_block = loading._assign, quantize.quantize_block_int8
+    monkeypatch.setattr(loading, "_assign", lambda m, key, v: events.append(key) or real_assign(m, key, v))
+    monkeypatch.setattr(quantize, "quantize_block_int8", lambda block: events.append("quantize") or real_block(block))
     got = FAMILY.load_transformer(tmp_path, dtype=torch.bfloat16, drop_unused=True, int8=True)
-    assert len(order) == 2 and order[0] > 0  # the first block was quantized while the rest was still unread
+    assert events.count("quantize") == 2
+    # block 0 is quantized before any weight of block 1 is read
+    assert events.index("quantize") < min(i for i, k in enumerate(events) if k.startswith("transformer_blocks.1."))
     a, b = ref.state_dict(), got.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
