@@ -3,7 +3,8 @@
 A v1 transformer (medium by default: 6 x 1024; `--config official` needs ~8 GB of RAM and the bigmem lock)
 with det_init weights is saved once in the official folder layout (`ace_step_transformer/`, one
 safetensors file); each way of loading then runs in its own fresh process, which reports its peak RSS
-and the growth of the peak over the RSS before loading (imports excluded). Both ways give the same
+and the growth of the peak over the RSS before loading (imports excluded), with glibc's mmap threshold
+fixed at 64 KB so that RSS follows what is allocated (`--glibc_default`: without). Both ways give the same
 int8 weights (tests/training/test_int8_load.py).
 
     python benchmarks/int8_load.py                    # medium
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -60,19 +62,24 @@ def load(folder: str, way: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="medium", choices=("tiny", "medium", "official"))
+    ap.add_argument("--glibc_default", action="store_true", help="glibc's own mmap threshold (it rises up to 32 MB "
+                    "as blocks are freed, and the heap then keeps freed weights: RSS overstates what is allocated)")
     ap.add_argument("--way", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.way is not None:
         print(json.dumps(load(args.folder, args.way)))
         return 0
+    env = dict(os.environ)
+    if not args.glibc_default:  # as `benchmarks/train.py --check_analytic`: RSS follows the allocations
+        env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     with tempfile.TemporaryDirectory() as tmp:
         save(args.config, Path(tmp))
         print(f"{args.config} config, int8 load: {'way':<36} {'peak RSS GB':>11} {'peak growth GB':>14} "
               f"{'resident after GB':>17}")
         for way, label in enumerate(WAYS):
             res = subprocess.run([sys.executable, __file__, "--way", str(way), "--folder", tmp],
-                                 capture_output=True, text=True)
+                                 capture_output=True, text=True, env=env)
             if res.returncode:
                 print(f"{label}: failed: {res.stderr.strip().splitlines()[-1:]}")
                 continue

@@ -96,13 +96,15 @@ def _rss_gb() -> float:
         return 0.0
 
 
-def step_runner(name: str, dtype_name: str, length: str, cached_lyrics: bool = True, inside: bool = False):
+def step_runner(name: str, dtype_name: str, length: str, cached_lyrics: bool = True, inside: bool = False,
+                ssl: bool = True):
     """(model, one_step, close) for a case: one_step() runs one whole training step as `training.loop.fit` does
     (batch, forward under autocast, backward, LoRA gradients widened from bf16, clip, AdamW, LR scheduler) and
     returns its seconds; close() ends the step's context (peft's input cast, the bf16 gradient hooks).
 
     cached_lyrics=False runs the lyric encoder in every step (the fork's way) instead of the cache; inside:
-    every block's parts checkpointed too (`--gradient_checkpointing fine`)."""
+    every block's parts checkpointed too (`--gradient_checkpointing fine`); ssl=False: no SSL targets, the
+    projectors freed (`--ssl_coeff 0`)."""
     import contextlib
 
     import torch
@@ -121,10 +123,10 @@ def step_runner(name: str, dtype_name: str, length: str, cached_lyrics: bool = T
     cache = LyricCache() if cached_lyrics else None
     if cache is not None:
         cache.fill(model, [s], torch.device("cpu"), dtype)
-    FAMILY.prepare_for_training(model, use_ssl=True, drop_lyric_path=cached_lyrics)
+    FAMILY.prepare_for_training(model, use_ssl=ssl, drop_lyric_path=cached_lyrics)
     optimizer = build_optimizer(setup.params, "adamw", lr=1e-4)
     scheduler = build_lr_scheduler(optimizer, optimizer_name="adamw")
-    ssl_names = tuple(model.config.ssl_names)
+    ssl_names = tuple(model.config.ssl_names) if ssl else ()
     autocast = dtype == torch.bfloat16
     stack = contextlib.ExitStack()
     stack.enter_context(lora_input_casting(model, enabled=not autocast))  # as `training.loop.fit`
@@ -136,7 +138,7 @@ def step_runner(name: str, dtype_name: str, length: str, cached_lyrics: bool = T
         batch = batch_to(make_batch([s], dropout=ConditionDropout(), lyric_cache=cache, ssl_names=ssl_names),
                          torch.device("cpu"), dtype)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            terms = FAMILY.training_loss(model, batch, shift=3.0, ssl_coeff=1.0)
+            terms = FAMILY.training_loss(model, batch, shift=3.0, ssl_coeff=1.0 if ssl else 0.0)
         terms.loss.backward()
         grads.restore()
         torch.nn.utils.clip_grad_norm_(setup.params, 1.0)
@@ -149,9 +151,9 @@ def step_runner(name: str, dtype_name: str, length: str, cached_lyrics: bool = T
 
 
 def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: int = 2,
-            cached_lyrics: bool = True, inside: bool = False) -> dict:
+            cached_lyrics: bool = True, inside: bool = False, ssl: bool = True) -> dict:
     """Median seconds per step, peak RSS (GiB), and the peak's growth over the RSS before the first step (GB)."""
-    _, one_step, close = step_runner(name, dtype_name, length, cached_lyrics, inside)
+    _, one_step, close = step_runner(name, dtype_name, length, cached_lyrics, inside, ssl)
     before = _rss_gb()
     times = [one_step() for _ in range(warmup + repeats)][warmup:]
     close()
@@ -232,7 +234,8 @@ def lever_rows(seconds: int = 360) -> list[tuple[str, float, float, float, float
 CHECK_TOLERANCE, CHECK_SLACK_GB = 0.25, 0.05
 
 
-def check_analytic(threads: int, configs_: tuple[str, ...] = ("tiny", "medium"), inside: bool = True) -> bool:
+def check_analytic(threads: int, configs_: tuple[str, ...] = ("tiny", "medium"), inside: bool = True,
+                   ssl: bool = True) -> bool:
     """The estimate's growth terms vs the measured peak growth of real runs (bf16, 360 s, SSL on, all blocks
     checkpointed (`inside`: their parts too), AdamW, LoRA grads held in bf16), each in its own process.
 
@@ -245,19 +248,20 @@ def check_analytic(threads: int, configs_: tuple[str, ...] = ("tiny", "medium"),
     ok = True
     for name in configs_:
         res = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--case", name, "bf16", "360s",
-                              "--repeats", "1", *(["--inside"] if inside else [])],
+                              "--repeats", "1", *(["--inside"] if inside else []), *([] if ssl else ["--no_ssl"])],
                              capture_output=True, text=True, env=env)
         if res.returncode:
             print(f"{name} 360 s failed: {res.stderr.strip().splitlines()[-1:]}")
             ok = False
             continue
         measured = json.loads(res.stdout.strip().splitlines()[-1])["growth_gb"]
-        terms = dict((label, a) for label, a, _ in analytic_official(seconds=360, config=name, inside=inside))
+        terms = dict((label, a) for label, a, _ in analytic_official(seconds=360, ssl=ssl, config=name,
+                                                                     inside=inside))
         growth = sum(v for k, v in terms.items() if k.startswith(("LoRA grads", "optimizer", "batch", "activations",
                                                                   "backward")))
         within = abs(measured - growth) <= CHECK_TOLERANCE * growth + CHECK_SLACK_GB
         ok &= within
-        print(f"{name} config, bf16, 360 s{', fine' if inside else ''}: measured peak growth {measured:.3f} GB, "
+        print(f"{name} config, bf16, 360 s{', fine' if inside else ''}{'' if ssl else ', SSL off'}: measured peak growth {measured:.3f} GB, "
               f"estimate {growth:.3f} GB ({'within' if within else 'OUTSIDE'} {CHECK_TOLERANCE:.0%} + "
               f"{CHECK_SLACK_GB} GB)", flush=True)
     return ok
@@ -273,16 +277,19 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads per case (the reference used 2)")
     ap.add_argument("--case", nargs=3, metavar=("CONFIG", "DTYPE", "LENGTH"), help=argparse.SUPPRESS)
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no_ssl", action="store_true", help="--check_analytic without SSL targets (the projectors "
+                    "freed): the block's recompute then sets the peak")
     ap.add_argument("--repeats", type=int, default=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(measure(*args.case, repeats=args.repeats, inside=args.inside)))
+        print(json.dumps(measure(*args.case, repeats=args.repeats, inside=args.inside, ssl=not args.no_ssl)))
         return 0
     if args.check_analytic:
-        return 0 if check_analytic(args.threads, tuple(args.configs), inside=not args.blocks_only) else 1
+        return 0 if check_analytic(args.threads, tuple(args.configs), inside=not args.blocks_only,
+                                   ssl=not args.no_ssl) else 1
     if not args.analytic:
         print(f"{'config':<7} {'dtype':<5} {'audio':>5} {'s/step':>8} {'peak RSS GB':>12}   reference s/step, GB "
               f"({args.threads} threads)")
