@@ -150,6 +150,9 @@ def load_weights(model: torch.nn.Module, files: list[Path], dtype: torch.dtype =
     Keys the model does not hold because `drop_unused_projections()` removed them are checked for
     shape against the official layout and skipped. `on_block(block)` is called as soon as every weight
     of a transformer block is in (the int8 loader quantizes it there, before the next block is read).
+    Each file is reopened every `REOPEN_BYTES` (and after each block with `on_block`): its memory map
+    keeps every page read resident in the process until it is closed, which would add the file's size
+    to the load's peak.
     """
     expected = {k: tuple(p.shape) for k, p in model.named_parameters()}
     dropped = _dropped_shapes(model)
@@ -160,12 +163,9 @@ def load_weights(model: torch.nn.Module, files: list[Path], dtype: torch.dtype =
             if key.startswith("transformer_blocks."):
                 pending.setdefault(int(key.split(".")[1]), set()).add(key)
     for file in files:
+        handle, read = _open(file, device), 0
         try:
-            handle = safe_open(str(file), framework="pt", device=str(device))
-        except Exception as exc:  # safetensors raises its own error types for a corrupt header
-            raise CheckpointError(f"cannot open safetensors file ({exc})", path=file, fix=_FIX) from None
-        with handle:
-            for key in handle.keys():
+            for key in list(handle.keys()):
                 shape = tuple(handle.get_slice(key).get_shape())
                 want = expected.get(key, dropped.get(key))
                 if want is None:
@@ -178,17 +178,37 @@ def load_weights(model: torch.nn.Module, files: list[Path], dtype: torch.dtype =
                     # A fresh (64-byte aligned) allocation: safetensors hands out tensors that start mid-buffer
                     # (data_ptr % 64 = 24 or 56 here), and CPU GEMM kernels take another path on unaligned
                     # weights, changing the last bit of results against the same weights built in memory.
-                    _assign(model, key, handle.get_tensor(key).to(dtype=dtype, copy=True))
+                    tensor = handle.get_tensor(key)
+                    read += tensor.numel() * tensor.element_size()
+                    _assign(model, key, tensor.to(dtype=dtype, copy=True))
+                    del tensor
                     if key.startswith("transformer_blocks.") and on_block is not None:
                         index = int(key.split(".")[1])
                         pending[index].discard(key)
                         if not pending[index]:
                             on_block(model.transformer_blocks[index])
+                            read = REOPEN_BYTES
+                    if read >= REOPEN_BYTES:  # the mapping keeps every page read resident: let them go
+                        handle.__exit__(None, None, None)
+                        handle, read = _open(file, device), 0
+        finally:
+            handle.__exit__(None, None, None)
     missing = [k for k in expected if k not in seen]
     if missing:
         where = files[0] if len(files) == 1 else files[0].parent
         raise CheckpointError(f"missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
                                                                else ""), path=where, fix=_FIX)
+
+
+REOPEN_BYTES = 64 * 2**20  # reopen the file after reading this much (or a block, with `on_block`)
+
+
+def _open(file: Path, device):
+    try:
+        handle = safe_open(str(file), framework="pt", device=str(device))
+    except Exception as exc:  # safetensors raises its own error types for a corrupt header
+        raise CheckpointError(f"cannot open safetensors file ({exc})", path=file, fix=_FIX) from None
+    return handle.__enter__()
 
 
 def _dropped_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
