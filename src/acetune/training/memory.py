@@ -5,8 +5,12 @@ One source of truth: `acetune train` (the start summary, `--gradient_checkpointi
 
 peak = base weights + trainable params + their grads + optimizer states + batch
      + what the forward saves (per block: its input when checkpointed, everything otherwise)
-     + the largest backward transient (one block's recompute + its gradients in flight, or the SSL heads')
+     + the largest backward transient (one block's recompute + its gradients in flight, or the SSL heads';
+       with `--gradient_checkpointing fine` the largest of the block's parts)
      + workspace (CUDA context and library workspaces, which torch does not count; 0 for the tables)
+
+LoRA grads held in bf16 (`training.lean_grads`) count 2 bytes each; `--optimizer_offload` and
+`--activation_offload` move the optimizer states and the checkpointed block inputs to host RAM.
 
 Weights and trainable state are counted exactly from the model; activations come from
 `training.memory_trace` (meta-device tracing of the real forward, nothing computed). The estimate
