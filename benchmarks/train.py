@@ -96,55 +96,86 @@ def _rss_gb() -> float:
         return 0.0
 
 
-def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: int = 2,
-            cached_lyrics: bool = True) -> dict:
-    """Median seconds per step, peak RSS (GiB), and the peak's growth over the RSS before the first step (GB).
+def step_runner(name: str, dtype_name: str, length: str, cached_lyrics: bool = True, inside: bool = False,
+                ssl: bool = True):
+    """(model, one_step, close) for a case: one_step() runs one whole training step as `training.loop.fit` does
+    (batch, forward under autocast, backward, LoRA gradients widened from bf16, clip, AdamW, LR scheduler) and
+    returns its seconds; close() ends the step's context (peft's input cast, the bf16 gradient hooks).
 
-    cached_lyrics=False runs the lyric encoder in every step (the fork's way) instead of the cache."""
+    cached_lyrics=False runs the lyric encoder in every step (the fork's way) instead of the cache; inside:
+    every block's parts checkpointed too (`--gradient_checkpointing fine`); ssl=False: no SSL targets, the
+    projectors freed (`--ssl_coeff 0`)."""
+    import contextlib
+
     import torch
 
     from acetune.models.v1.family import FAMILY
+    from acetune.training.block_checkpointing import apply_checkpointing
     from acetune.training.data import ConditionDropout, LyricCache, batch_to, make_batch
+    from acetune.training.lean_grads import bf16_grads, lean_params
     from acetune.training.lora import lora_input_casting
     from acetune.training.optim import build_lr_scheduler, build_optimizer
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     model, setup = build(name, dtype)
+    apply_checkpointing(model, len(model.transformer_blocks), inside=inside)
     s = sample(model.config, length)
     cache = LyricCache() if cached_lyrics else None
     if cache is not None:
         cache.fill(model, [s], torch.device("cpu"), dtype)
-    FAMILY.prepare_for_training(model, use_ssl=True, drop_lyric_path=cached_lyrics)
+    FAMILY.prepare_for_training(model, use_ssl=ssl, drop_lyric_path=cached_lyrics)
     optimizer = build_optimizer(setup.params, "adamw", lr=1e-4)
     scheduler = build_lr_scheduler(optimizer, optimizer_name="adamw")
-    ssl_names = tuple(model.config.ssl_names)
-    times = []
+    ssl_names = tuple(model.config.ssl_names) if ssl else ()
     autocast = dtype == torch.bfloat16
+    stack = contextlib.ExitStack()
+    stack.enter_context(lora_input_casting(model, enabled=not autocast))  # as `training.loop.fit`
+    grads = stack.enter_context(bf16_grads(lean_params(setup, autocast=autocast, compute_dtype=torch.bfloat16,
+                                                       accumulate=1, processes=1)))
+
+    def one_step() -> float:
+        start = time.perf_counter()
+        batch = batch_to(make_batch([s], dropout=ConditionDropout(), lyric_cache=cache, ssl_names=ssl_names),
+                         torch.device("cpu"), dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            terms = FAMILY.training_loss(model, batch, shift=3.0, ssl_coeff=1.0 if ssl else 0.0)
+        terms.loss.backward()
+        grads.restore()
+        torch.nn.utils.clip_grad_norm_(setup.params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    return model, one_step, stack.close
+
+
+def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: int = 2,
+            cached_lyrics: bool = True, inside: bool = False, ssl: bool = True) -> dict:
+    """Median seconds per step, peak RSS (GiB), and the peak's growth over the RSS before the first step (GB)."""
+    _, one_step, close = step_runner(name, dtype_name, length, cached_lyrics, inside, ssl)
     before = _rss_gb()
-    with lora_input_casting(model, enabled=not autocast):  # as `training.loop.fit`
-        for i in range(warmup + repeats):
-            start = time.perf_counter()
-            batch = batch_to(make_batch([s], dropout=ConditionDropout(), lyric_cache=cache, ssl_names=ssl_names),
-                             torch.device("cpu"), dtype)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                terms = FAMILY.training_loss(model, batch, shift=3.0, ssl_coeff=1.0)
-            terms.loss.backward()
-            torch.nn.utils.clip_grad_norm_(setup.params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+    times = [one_step() for _ in range(warmup + repeats)][warmup:]
+    close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports KiB)
     return {"time_s": statistics.median(times), "peak_rss_gb": peak / 2**30, "growth_gb": peak / 1e9 - before}
 
 
 # ---- the official config at 360 s, estimated (acetune.training.memory) ----
 
-# the memory levers, as (label, optimizer, offload, checkpointed blocks: None = all)
-LEVERS = [("AdamW fp32 states (default)", "adamw", False), ("--optimizer adamw8bit", "adamw8bit", False),
-          ("--optimizer_offload (states in host RAM)", "adamw", True),
-          ("--optimizer adamw8bit --optimizer_offload", "adamw8bit", True)]
+# the memory levers, each row with its options (the rest as the default run: AdamW, LoRA grads held in bf16,
+# every block checkpointed)
+LEVERS = [("before this session's levers: fp32 LoRA grads", {"bf16_grads": False}),
+          ("default: LoRA grads held in bf16 (exact)", {}),
+          ("--gradient_checkpointing fine", {"inside": True}),
+          ("--activation_offload (GPU)", {"offload_inputs": True}),
+          ("fine + --activation_offload", {"inside": True, "offload_inputs": True}),
+          ("--optimizer adamw8bit", {"optimizer": "adamw8bit"}),
+          ("--optimizer_offload", {"offload": True}),
+          ("--optimizer adamw8bit --optimizer_offload", {"optimizer": "adamw8bit", "offload": True}),
+          ("fine + adamw8bit + --optimizer_offload", {"inside": True, "optimizer": "adamw8bit", "offload": True}),
+          ("fine + --activation_offload + adamw8bit + --optimizer_offload",
+           {"inside": True, "offload_inputs": True, "optimizer": "adamw8bit", "offload": True})]
 
 
 def official_parts(seconds: int = 360, ssl: bool = True, config: str = "official"):
@@ -164,27 +195,37 @@ def official_parts(seconds: int = 360, ssl: bool = True, config: str = "official
     return clone, setup, profile
 
 
-def analytic_official(seconds: int = 360, ssl: bool = True, config: str = "official", optimizer: str = "adamw",
-                      offload: bool = False, checkpointed: int | None = None) -> list[tuple[str, float, float]]:
+def peaks(parts, optimizer: str = "adamw", offload: bool = False, bf16_grads: bool = True, inside: bool = False,
+          offload_inputs: bool = False, checkpointed: int | None = None):
+    """(bf16 peak, int8 peak) of `official_parts` with these levers (`training.memory.estimate`)."""
+    import torch
+
+    from acetune.training import memory
+
+    model, setup, profile = parts
+    return [memory.estimate(memory.static_terms(model, setup.params, optimizer, int8=int8, offload=offload,
+                                                grad_dtype=torch.bfloat16 if bf16_grads else None),
+                            profile, checkpointed, inside=inside, offload_inputs=offload_inputs)
+            for int8 in (False, True)]
+
+
+def analytic_official(seconds: int = 360, ssl: bool = True, config: str = "official",
+                      **levers) -> list[tuple[str, float, float]]:
     """[(term, GB bf16, GB int8)] for training `config` with LoRA r64, lyrics cached (`training.memory`)."""
+    a, b = peaks(official_parts(seconds, ssl, config), **levers)
+    return [(label, x, y) for (label, x), (_, y) in zip(a.rows(), b.rows())]
+
+
+def lever_rows(seconds: int = 360) -> list[tuple[str, float, float, float, float]]:
+    """[(lever, total GB bf16, total GB int8, host GB bf16, host GB int8)] at `seconds`, SSL on."""
     from acetune.training import memory
 
-    model, setup, profile = official_parts(seconds, ssl, config)
-    rows = [memory.estimate(memory.static_terms(model, setup.params, optimizer, int8=int8, offload=offload),
-                            profile, checkpointed).rows() for int8 in (False, True)]
-    return [(label, a, b) for (label, a), (_, b) in zip(*rows)]
-
-
-def lever_rows(seconds: int = 360) -> list[tuple[str, float, float]]:
-    """[(lever, total GB bf16, total GB int8)] at `seconds`, SSL on, every block checkpointed."""
-    from acetune.training import memory
-
-    model, setup, profile = official_parts(seconds)
+    parts = official_parts(seconds)
     out = []
-    for label, optimizer, offload in LEVERS:
-        totals = [memory.estimate(memory.static_terms(model, setup.params, optimizer, int8=int8, offload=offload),
-                                  profile).total / memory.GB for int8 in (False, True)]
-        out.append((label, *totals))
+    for label, levers in LEVERS:
+        a, b = peaks(parts, **levers)
+        out.append((label, a.total / memory.GB, b.total / memory.GB, sum(a.host.values()) / memory.GB,
+                    sum(b.host.values()) / memory.GB))
     return out
 
 
@@ -193,9 +234,10 @@ def lever_rows(seconds: int = 360) -> list[tuple[str, float, float]]:
 CHECK_TOLERANCE, CHECK_SLACK_GB = 0.25, 0.05
 
 
-def check_analytic(threads: int, configs_: tuple[str, ...] = ("tiny", "medium")) -> bool:
+def check_analytic(threads: int, configs_: tuple[str, ...] = ("tiny", "medium"), inside: bool = True,
+                   ssl: bool = True) -> bool:
     """The estimate's growth terms vs the measured peak growth of real runs (bf16, 360 s, SSL on, all blocks
-    checkpointed, AdamW), each in its own process.
+    checkpointed (`inside`: their parts too), AdamW, LoRA grads held in bf16), each in its own process.
 
     glibc keeps freed blocks of up to 32 MB on its heap, which inflates RSS beyond what is allocated; the
     measured runs set a fixed 64 KB mmap threshold so RSS follows the allocations (a GPU's caching
@@ -206,38 +248,48 @@ def check_analytic(threads: int, configs_: tuple[str, ...] = ("tiny", "medium"))
     ok = True
     for name in configs_:
         res = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--case", name, "bf16", "360s",
-                              "--repeats", "1"], capture_output=True, text=True, env=env)
+                              "--repeats", "1", *(["--inside"] if inside else []), *([] if ssl else ["--no_ssl"])],
+                             capture_output=True, text=True, env=env)
         if res.returncode:
             print(f"{name} 360 s failed: {res.stderr.strip().splitlines()[-1:]}")
             ok = False
             continue
         measured = json.loads(res.stdout.strip().splitlines()[-1])["growth_gb"]
-        terms = dict((label, a) for label, a, _ in analytic_official(seconds=360, config=name))
+        terms = dict((label, a) for label, a, _ in analytic_official(seconds=360, ssl=ssl, config=name,
+                                                                     inside=inside))
         growth = sum(v for k, v in terms.items() if k.startswith(("LoRA grads", "optimizer", "batch", "activations",
                                                                   "backward")))
         within = abs(measured - growth) <= CHECK_TOLERANCE * growth + CHECK_SLACK_GB
         ok &= within
-        print(f"{name} config, bf16, 360 s: measured peak growth {measured:.3f} GB, estimate {growth:.3f} GB "
-              f"({'within' if within else 'OUTSIDE'} {CHECK_TOLERANCE:.0%} + {CHECK_SLACK_GB} GB)")
+        print(f"{name} config, bf16, 360 s{', fine' if inside else ''}{'' if ssl else ', SSL off'}: measured peak growth {measured:.3f} GB, "
+              f"estimate {growth:.3f} GB ({'within' if within else 'OUTSIDE'} {CHECK_TOLERANCE:.0%} + "
+              f"{CHECK_SLACK_GB} GB)", flush=True)
     return ok
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--analytic", action="store_true", help="only the official-config estimate")
-    ap.add_argument("--check_analytic", action="store_true", help="estimate vs a real run (medium, 360 s)")
+    ap.add_argument("--check_analytic", action="store_true", help="estimate vs a real run (tiny, medium, 360 s)")
+    ap.add_argument("--configs", nargs="+", default=["tiny", "medium"], help="--check_analytic's configs")
+    ap.add_argument("--blocks_only", action="store_true", help="--check_analytic with block checkpointing only "
+                    "(default: --gradient_checkpointing fine)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per case (the reference used 2)")
     ap.add_argument("--case", nargs=3, metavar=("CONFIG", "DTYPE", "LENGTH"), help=argparse.SUPPRESS)
+    ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no_ssl", action="store_true", help="--check_analytic without SSL targets (the projectors "
+                    "freed): the block's recompute then sets the peak")
     ap.add_argument("--repeats", type=int, default=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(measure(*args.case, repeats=args.repeats)))
+        print(json.dumps(measure(*args.case, repeats=args.repeats, inside=args.inside, ssl=not args.no_ssl)))
         return 0
     if args.check_analytic:
-        return 0 if check_analytic(args.threads) else 1
+        return 0 if check_analytic(args.threads, tuple(args.configs), inside=not args.blocks_only,
+                                   ssl=not args.no_ssl) else 1
     if not args.analytic:
         print(f"{'config':<7} {'dtype':<5} {'audio':>5} {'s/step':>8} {'peak RSS GB':>12}   reference s/step, GB "
               f"({args.threads} threads)")
@@ -252,15 +304,15 @@ def main() -> int:
             print(f"{case[0]:<7} {case[1]:<5} {case[2]:>5} {r['time_s']:>8.3f} {r['peak_rss_gb']:>12.2f}   "
                   f"{ref[0]} s, {ref[1]} GB", flush=True)
     for ssl in (True, False):
-        print(f"\nofficial config, 360 s, LoRA r64, SSL {'on' if ssl else 'off (no projectors)'}, gradient "
-              "checkpointing on every block (estimate; goal <= 7.0 GB bf16 / <= 4.5 GB int8):")
+        print(f"\nofficial config, 360 s, LoRA r64, SSL {'on' if ssl else 'off (no projectors)'}, the default run "
+              "(AdamW, LoRA grads held in bf16, every block checkpointed; goal <= 7.0 GB bf16 / <= 4.5 GB int8):")
         print(f"  {'term':<58} {'bf16 GB':>8} {'int8 GB':>8}")
         for label, a, b in analytic_official(ssl=ssl):
             print(f"  {label:<58} {a:>8.2f} {b:>8.2f}")
-    print("\nmemory levers, official config, 360 s, r64, SSL on (estimated peak on the device):")
-    print(f"  {'lever':<58} {'bf16 GB':>8} {'int8 GB':>8}")
-    for label, a, b in lever_rows():
-        print(f"  {label:<58} {a:>8.2f} {b:>8.2f}")
+    print("\nmemory levers, official config, 360 s, r64, SSL on (estimated peak on the device; + host RAM):")
+    print(f"  {'lever':<62} {'bf16 GB':>8} {'int8 GB':>8} {'host GB':>8}")
+    for label, a, b, host, _ in lever_rows():
+        print(f"  {label:<62} {a:>8.2f} {b:>8.2f} {host:>8.2f}")
     return 0
 
 

@@ -1,14 +1,15 @@
 """Each training-step speed lever's share, measured A/B in one process (issue 21).
 
-The step is `benchmarks/train.py`'s (the trainer's own: batch -> `V1Family.training_loss` under bf16
-autocast -> backward -> clip -> AdamW -> LR scheduler step; rsLoRA r64 alpha 1 on
+The step is `benchmarks/train.py`'s `step_runner` (the trainer's own: batch -> `V1Family.training_loss` under
+bf16 autocast -> backward -> LoRA grads widened from bf16 -> clip -> AdamW -> LR scheduler step; rsLoRA r64 alpha 1 on
 to_q/to_k/to_v/to_out.0, fp32 LoRA over bf16 weights, SSL losses on, lyric-encoder output cached).
 For every lever the same model runs with the lever off and on, alternated (off on off on ...), each
 measurement the median of `--steps` steps after warm-ups; the row gives the medians over `--rounds`
 pairs and the on/off ratio of each pair (so the machine's load drifts out of the ratio).
 
-Levers (all but checkpointing are on by default in `acetune train`):
+Levers (lean casts are on by default in `acetune train`; checkpointing is on, not fine):
   checkpointing off  `--gradient_checkpointing off`: no recompute of each block in the backward
+  fine checkpointing `--gradient_checkpointing fine`: each block's parts recomputed once more (less memory)
   lean casts         no fp32 round trip of q, k, v in the linear attention under autocast (bit-identical)
   compile            `--compile`: torch.compile of the transformer blocks (first steps compile)
 
@@ -30,17 +31,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import train as bench_train  # noqa: E402  (benchmarks/train.py: configs, model build, sample)
 
-LEVERS = ("checkpointing off", "lean casts", "compile")
+LEVERS = ("checkpointing off", "fine checkpointing", "lean casts", "compile")
 DEFAULT_CASES = ("tiny:10s", "tiny:60s", "medium:10s", "medium:60s")
 
 
 def set_lever(model, lever: str, on: bool) -> None:
     """Switch one lever on or off on a built model (the others are left as they are)."""
     from acetune.models.v1.attention import LinearSelfAttention
+    from acetune.training.block_checkpointing import apply_checkpointing
     from acetune.training.compiled import compile_blocks, uncompile_blocks
 
     if lever == "checkpointing off":
         model.disable_gradient_checkpointing() if on else model.enable_gradient_checkpointing()
+    elif lever == "fine checkpointing":
+        apply_checkpointing(model, len(model.transformer_blocks), inside=on)
     elif lever == "lean casts":
         LinearSelfAttention.lean_casts = on
     elif lever == "compile":
@@ -50,39 +54,8 @@ def set_lever(model, lever: str, on: bool) -> None:
 
 
 def step_runner(config: str, length: str):
-    """(model, one_step) for a case: one_step() runs one whole training step and returns its seconds."""
-    import torch
-
-    from acetune.models.v1.family import FAMILY
-    from acetune.training.data import ConditionDropout, LyricCache, batch_to, make_batch
-    from acetune.training.lora import lora_input_casting
-    from acetune.training.optim import build_optimizer
-
-    model, setup = bench_train.build(config, torch.bfloat16)
-    s = bench_train.sample(model.config, length)
-    cache = LyricCache()
-    cache.fill(model, [s], torch.device("cpu"), torch.bfloat16)
-    FAMILY.prepare_for_training(model, use_ssl=True, drop_lyric_path=True)
-    optimizer = build_optimizer(setup.params, "adamw", lr=1e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / 10))
-    names = tuple(model.config.ssl_names)
-    cpu = torch.device("cpu")
-    casting = lora_input_casting(model, enabled=False)  # as `training.loop.fit` under autocast
-    casting.__enter__()
-
-    def one_step() -> float:
-        start = time.perf_counter()
-        batch = batch_to(make_batch([s], dropout=ConditionDropout(), lyric_cache=cache, ssl_names=names), cpu,
-                         torch.bfloat16)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            terms = FAMILY.training_loss(model, batch, shift=3.0, ssl_coeff=1.0)
-        terms.loss.backward()
-        torch.nn.utils.clip_grad_norm_(setup.params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
-
+    """(model, one_step) for a case: `benchmarks/train.py`'s step (the trainer's), bf16, lyrics cached."""
+    model, one_step, _ = bench_train.step_runner(config, "bf16", length)
     return model, one_step
 
 
@@ -98,7 +71,7 @@ def measure_lever(model, one_step, lever: str, rounds: int, steps: int, warmup: 
     for _ in range(rounds):
         offs.append(timed(False))
         ons.append(timed(True))
-    set_lever(model, lever, lever != "compile")  # back to the trainer's default
+    set_lever(model, lever, lever == "lean casts")  # back to the trainer's default (only lean casts on)
     ratios = [b / a for a, b in zip(offs, ons)]
     return {"off": statistics.median(offs), "on": statistics.median(ons), "ratio": statistics.median(ratios),
             "ratios": ratios}

@@ -5,8 +5,8 @@ official 3.5B (measured only with --official: needs ~14 GB in fp32). Each measur
 own process (peak RSS is per process and includes ~0.65 GB of imports), like
 ../shared/facts/reference-baseline.md: batch 1, text 20 tokens, lyrics 200 tokens, SSL targets
 1024-d at 75 Hz and 768-d at 50 Hz, rsLoRA r 64 on to_q/to_k/to_v/to_out.0, AdamW-free (the step is
-forward + backward only). Also prints an analytic peak-memory estimate for training the official
-config at 360 s with a rank-64 LoRA in bf16.
+forward + backward only). The official config's training peak is estimated by `benchmarks/train.py
+--analytic` (`acetune.training.memory`, the one model of it).
 
     OMP_NUM_THREADS=2 python benchmarks/transformer.py            # tiny + medium
     OMP_NUM_THREADS=2 python benchmarks/transformer.py --official  # + the 3.5B (14 GB RAM)
@@ -81,35 +81,6 @@ def measure(name: str, length: str, ckpt: bool, dtype_name: str, repeats: int) -
     return {"params": params, "time_s": statistics.median(times), "peak_rss_gb": peak_gb}
 
 
-def analytic_official_360s_bf16_lora64() -> list[tuple[str, float]]:
-    """Rough training peak (GB) for the official config, 360 s, r 64 LoRA, bf16 base, checkpointing on.
-
-    Counted: weights, LoRA params + grads + AdamW states (fp32), the per-block checkpoint inputs, the
-    recomputed working set of one block in forward+backward (~45 (S, W)-sized bf16 tensors, twice for
-    their gradients), cross-attention scores (math SDPA on CPU), the Conformer's scores (checkpointed
-    per layer) and the SSL heads. Not counted: allocator fragmentation, framework overhead.
-    """
-    w, layers, heads = 2560, 24, 20
-    frames = int(360 * 44100 / 512 / 8)  # 3876
-    lyrics, text = 2048, 256
-    enc = 1 + text + lyrics
-    total = 3_305_659_264
-    unused = layers * 4 * (w * w + w)
-    lora = layers * 8 * 64 * (w + w)
-    gb = 1e9
-    sw = frames * w * 2 / gb
-    terms = [
-        ("base weights bf16 (drop_unused)", (total - unused) * 2 / gb),
-        ("LoRA r64 params+grads+AdamW fp32", lora * 4 * 4 / gb),
-        ("checkpointed block inputs", layers * sw),
-        ("one block recompute (fwd+bwd)", 2 * 45 * sw),
-        ("cross-attn scores (+softmax grad)", 2 * heads * frames * enc * 2 / gb),
-        ("Conformer layer scores (16 heads, T x 2T)", 3 * 16 * lyrics * (2 * lyrics) * 2 / gb),
-        ("SSL heads + targets", (2 * frames * 2 * w * 2 * 2 + 360 * (75 * 1024 + 50 * 768) * 2) / gb),
-    ]
-    return terms + [("total (estimate)", sum(v for _, v in terms))]
-
-
 def run_case(name: str, length: str, ckpt: str, dtype: str, repeats: int) -> dict:
     """One measurement in its own process (peak RSS is per process); raises RuntimeError if it failed."""
     cmd = [sys.executable, __file__, "--case", name, length, ckpt, "--dtype", dtype, "--repeats", str(repeats)]
@@ -128,8 +99,7 @@ def rows(quick: bool) -> list[tuple[str, str, float, str]]:
         r = run_case(name, length, ckpt, "fp32", 2 if quick else 3)
         config = f"{name} ({r['params'] / 1e6:.1f} M), {length}, ckpt {'on' if ckpt == '1' else 'off'}, fp32 LoRA r64"
         out += [("transformer fwd+bwd", config, r["time_s"], "s"), ("transformer peak RSS", config, r["peak_rss_gb"], "GB")]
-    total = analytic_official_360s_bf16_lora64()[-1][1]
-    return out + [("transformer train peak (analytic)", "official 3.5B, 360 s, bf16, r64, ckpt", total, "GB")]
+    return out
 
 
 def main() -> int:
@@ -155,9 +125,6 @@ def main() -> int:
                     continue
                 print(f"{name:<9} {r['params']:>14,} {length:>5} {'on' if ckpt == '1' else 'off':>5} "
                       f"{r['time_s']:>10.3f} {r['peak_rss_gb']:>12.2f}", flush=True)
-    print("\nanalytic peak, official config, 360 s, LoRA r64, bf16, gradient checkpointing:")
-    for label, value in analytic_official_360s_bf16_lora64():
-        print(f"  {label:<45} {value:>6.2f} GB")
     return 0
 
 

@@ -131,8 +131,6 @@ def test_non_finite_loss_stops_and_keeps_last_good(tiny, tmp_path, monkeypatch, 
 
     def poisoned(self, *args, **kwargs):
         terms = real(self, *args, **kwargs)
-        if terms.loss.device.type == "meta":  # the start summary's memory estimate traces the loss on meta
-            return terms
         calls["n"] += 1
         if calls["n"] == 4:
             terms.loss = terms.loss * float("nan")

@@ -37,8 +37,6 @@ def signal_during_step(monkeypatch, step: int, signum: int = signal.SIGINT) -> N
     real, calls = V1Family.training_loss, {"n": 0}
 
     def loss_then_signal(self, model, *args, **kwargs):
-        if next(model.parameters()).device.type == "meta":  # the start summary's memory estimate, not a step
-            return real(self, model, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] == step:
             os.kill(os.getpid(), signum)

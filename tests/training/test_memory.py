@@ -31,13 +31,13 @@ def _v1_batch(cfg, frames: int = 40, seconds: int = 4, seed: int = 0) -> dict:
                                   for hz, d in zip(memory_trace.V1_SSL_HZ, cfg.ssl_latent_dims)]}
 
 
-def _v1_loss_and_grads(checkpointed: int):
+def _v1_loss_and_grads(checkpointed: int, **levers):
     torch.manual_seed(0)
     model = ACEStepTransformer2DModel(**tiny_transformer_config())
     setup = add_lora(model, LORA)
     for p in setup.params:  # non-zero B so every LoRA tensor gets a gradient
         torch.nn.init.normal_(p, std=0.05)
-    apply_checkpointing(model.train(), checkpointed)
+    apply_checkpointing(model.train(), checkpointed, **levers)
     batch = _v1_batch(model.config)
     loss = FAMILY.training_loss(model, batch, noise=torch.randn_like(batch["target_latents"]), u=torch.zeros(1)).loss
     loss.backward()
@@ -56,6 +56,26 @@ def test_checkpointing_some_blocks_gives_identical_loss_and_grads(monkeypatch):
         loss, grads, model = _v1_loss_and_grads(k)
         assert torch.equal(loss, ref_loss) and all(torch.equal(a, b) for a, b in zip(grads, ref_grads)), k
         assert len(calls) == (on_calls - 1 if k == 1 else 0)  # one block fewer, or nothing at all
+
+
+def test_checkpointing_inside_blocks_and_offloading_their_inputs_give_identical_loss_and_grads(monkeypatch):
+    """`--gradient_checkpointing fine` (each block's parts recomputed on their own) and `--activation_offload`
+    (forced on the CPU here: the saved inputs are copied to host tensors and back): bit for bit as `on`."""
+    ref_loss, ref_grads, _ = _v1_loss_and_grads(2)
+    calls, copies = [], []
+    real, real_offload = torch.utils.checkpoint.checkpoint, torch.autograd.graph.save_on_cpu
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda fn, *a, **k: calls.append(fn) or real(fn, *a, **k))
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", lambda **k: copies.append(k) or real_offload(**k))
+    # offloaded: the 2 blocks' and the 2 Conformer layers' inputs (the lyric path is not cached here)
+    for levers, parts, offloads in (({"inside": True}, 3, 0), ({"offload_inputs": True}, 0, 4),
+                                    ({"inside": True, "offload_inputs": True}, 3, 4)):
+        calls.clear(), copies.clear()
+        loss, grads, model = _v1_loss_and_grads(2, **levers)
+        assert torch.equal(loss, ref_loss) and all(torch.equal(a, b) for a, b in zip(grads, ref_grads)), levers
+        inner = [fn for fn in calls if getattr(fn, "__name__", "") in
+                 ("self_attention_part", "cross_attention_part", "feed_forward_in")]
+        # the three parts of each block, in its first forward and again in its recompute
+        assert len(inner) == 2 * 2 * parts and len(copies) == offloads, levers
 
 
 def test_15_checkpointing_some_blocks_gives_identical_grads():
@@ -107,6 +127,51 @@ def test_policy_official_config_10s_on_24gb_checkpoints_nothing_and_a_smaller_bu
     peak, fits = memory.choose_checkpointed(static, profile, 6.5e9)
     k = peak.checkpointed
     assert fits and 0 < k < 24 and memory.estimate(static, profile, k - 1).total > 6.5e9 >= peak.total
+
+
+def test_policy_checks_inside_blocks_after_all_blocks():
+    profile = memory_trace.ActivationProfile(blocks=4, batch=10, outside=100, block_full=1000, block_checkpointed=10,
+                                             block_largest=50, block_inside=600)
+    static = memory.Static(weights=5000, trainable=40, grads=40, states=80)
+    on, fine = memory.estimate(static, profile), memory.estimate(static, profile, inside=True)
+    assert on.total - fine.total == 1000 + 3 * 50 - 600 and fine.inside and not on.inside
+    peak, fits = memory.choose_checkpointed(static, profile, fine.total)
+    assert fits and (peak.checkpointed, peak.inside) == (4, True)
+    assert memory.choose_checkpointed(static, profile, fine.total, inside_allowed=False) == (on, False)
+    assert memory.choose_checkpointed(static, profile, fine.total - 1)[1] is False
+    offloaded = memory.estimate(static, profile, inside=True, offload_inputs=True)
+    assert fine.total - offloaded.total == 4 * 10 and offloaded.host == {"checkpointed block inputs": 40}
+
+
+def test_the_plan_traces_only_with_a_budget(monkeypatch):
+    """Without --memory_budget_gb nothing is traced (no meta-device call of the loss): the summary gives the
+    exact weights and trained state; a budget traces and decides (here: fine, inside every block)."""
+    from types import SimpleNamespace
+
+    model = ACEStepTransformer2DModel(**tiny_transformer_config()).to(torch.bfloat16)
+    model.drop_unused_projections()
+    setup = add_lora(model, LORA)
+    args = SimpleNamespace(gradient_checkpointing="auto", memory_budget_gb=0, optimizer="adamw", int8=False,
+                           optimizer_offload=False, full=False, adapter="lora", batch_size=1, precision="bf16-mixed",
+                           accumulate_grad_batches=1, activation_offload=False, compile=False)
+    rows = {"duration": [20.0]}
+    traced = []
+    real = memory.profile_for
+    monkeypatch.setattr(memory, "profile_for", lambda *a, **k: traced.append(a) or real(*a, **k))
+    k, lines = memory.plan_checkpointing(args, model, setup, rows, lora_config=LORA, use_ssl=True,
+                                         device=torch.device("cpu"))
+    static = memory.static_terms(model, setup.params, "adamw", grad_dtype=torch.bfloat16)
+    assert traced == [] and k == 2 and model.gradient_checkpointing
+    assert lines == [f"  gradient checkpointing: all blocks (auto); weights + trained state "
+                     f"{(static.weights + static.trainable + static.grads + static.states) / 1e9:.2f} GB "
+                     "(--memory_budget_gb N estimates the activations too)"]
+    profile = memory.profile_for(model, 20.0, lora_config=LORA)
+    fine = memory.estimate(static, profile, inside=True)
+    args.memory_budget_gb = fine.total / 1e9
+    k, lines = memory.plan_checkpointing(args, model, setup, rows, lora_config=LORA, use_ssl=True,
+                                         device=torch.device("cpu"))
+    assert len(traced) == 2 and k == 2 and all(b.checkpoint_inside for b in model.transformer_blocks)
+    assert "all blocks and their parts (auto, budget" in lines[0] and f"{fine.total / 1e9:.2f} GB" in lines[0]
 
 
 def test_policy_picks_the_fewest_blocks_that_fit():
@@ -232,8 +297,9 @@ def test_8bit_offload_run_prints_the_plan_and_resumes_bitwise(tiny_run, tmp_path
     assert run_command("train", train_argv(data, checkpoint, tmp_path / "ref", *flags)) == 0
     printed = capsys.readouterr().out
     plan = next(line for line in printed.splitlines() if "gradient checkpointing:" in line)
-    assert ("off (auto, budget 100 GB)" if "--memory_budget_gb" in extra else "all blocks (on)") in plan
-    assert "estimated peak" in plan
+    budget = "--memory_budget_gb" in extra
+    assert ("off (auto, budget 100 GB)" if budget else "all blocks (on)") in plan
+    assert ("estimated peak" if budget else "weights + trained state") in plan
     steps = {"n": 0}
     monkeypatch.setattr(loop, "stop_requested", lambda: steps.__setitem__("n", steps["n"] + 1) or steps["n"] >= 2)
     run_command("train", train_argv(data, checkpoint, tmp_path / "run", *flags))

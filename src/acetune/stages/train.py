@@ -100,15 +100,22 @@ class Args:
     precision: str = arg("bf16-mixed", choices=tuple(PRECISIONS), help="bf16-mixed: bf16 base weights, fp32 LoRA, "
                          "bf16 autocast; bf16: LoRA in bf16 too; 32: everything fp32")
     int8: bool = arg(False, help="int8 base weights of the transformer's linear layers (optimum-quanto)")
-    gradient_checkpointing: str = arg("auto", choices=("auto", "on", "off"), switch=("on", "off"), help="recompute "
-                                      "blocks in the backward pass (much less memory, more compute). on: every "
-                                      "block; off: none; auto: as few as --memory_budget_gb needs (every block "
-                                      "without a budget). true/false mean on/off")
+    gradient_checkpointing: str = arg("auto", choices=("auto", "on", "fine", "off"), switch=("on", "off"),
+                                      help="recompute blocks in the backward pass (much less memory, more compute). "
+                                      "on: every block; fine: every block and, inside its recompute, its attention, "
+                                      "cross-attention and feed-forward one at a time (v1; least memory, one more "
+                                      "forward of most of each block, same numbers); off: none; auto: as few as "
+                                      "--memory_budget_gb needs (every block without a budget, fine when even that "
+                                      "does not fit). true/false mean on/off")
     memory_budget_gb: float = arg(0.0, help="with --gradient_checkpointing auto: the device memory to fit (e.g. 24 "
                                   "for a 24 GB GPU); only as many blocks are checkpointed as the estimated peak "
                                   "at the longest song needs (0: no budget)")
     optimizer_offload: bool = arg(False, help="keep the optimizer state (and the step) in host RAM instead of on the "
                                   "GPU: less GPU memory, same numbers; a no-op on --device cpu")
+    activation_offload: bool = arg(False, help="keep the inputs each checkpointed block saves for its backward in "
+                                   "host RAM until the backward needs them (0.48 GB less GPU memory on the official "
+                                   "v1 config at 360 s, same numbers, a copy to the host and back per block and "
+                                   "step); a no-op on --device cpu")
     compile: bool = arg(False, help="ACE-Step v1: torch.compile the transformer blocks (faster steps once compiled; the first "
                         "steps compile, and again at a new audio length; needs a C++ compiler on CPU)")
     train_lyrics_embedder: bool = arg(False, help="also train the lyric embedding, Conformer and projection fully")
@@ -185,6 +192,8 @@ class Args:
             problems.append("--memory_budget_gb must be >= 0")
         if self.memory_budget_gb and self.gradient_checkpointing != "auto":
             problems.append(f"--memory_budget_gb needs --gradient_checkpointing auto (got {self.gradient_checkpointing})")
+        if self.compile and self.gradient_checkpointing == "fine":
+            problems.append("--compile with --gradient_checkpointing fine is not supported; choose one")
         if self.trainable and not self.full:
             problems.append("--trainable selects weights for --full; add --full, or drop --trainable for a LoRA")
         if self.full:

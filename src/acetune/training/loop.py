@@ -31,6 +31,7 @@ from acetune.stopping import stop_requested
 from acetune.training import checkpoint as ckpt
 from acetune.training.best import read_best
 from acetune.training.data import ConditionDropout, LyricCache, SongDataset, batch_to, make_batch
+from acetune.training.lean_grads import Bf16Grads, bf16_grads, lean_params
 from acetune.training.loggers import MetricsLogger
 from acetune.training.lora import LoraSetup, lora_input_casting
 from acetune.training.resume import (
@@ -209,11 +210,14 @@ def _check_replicas(run: TrainRun, world: int) -> bool:
 def fit(run: TrainRun) -> dict:
     """Train until `max_steps` (or `epochs`); returns the summary dict. Raises TrainingError on a
     non-finite loss (the newest checkpoint is the last good one; nothing is saved after it)."""
-    with lora_input_casting(run.model, enabled=not run.config.autocast):  # autocast casts (lossless)
-        return _fit(run)
+    cfg = run.config
+    lean = lean_params(run.setup, autocast=cfg.autocast, compute_dtype=cfg.compute_dtype,
+                       accumulate=cfg.accumulate_grad_batches, processes=run.accelerator.num_processes)
+    with lora_input_casting(run.model, enabled=not cfg.autocast), bf16_grads(lean) as grads:  # both lossless
+        return _fit(run, grads)
 
 
-def _fit(run: TrainRun) -> dict:
+def _fit(run: TrainRun, grads: Bf16Grads) -> dict:
     cfg, acc = run.config, run.accelerator
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     device = cfg.device
@@ -271,6 +275,7 @@ def _fit(run: TrainRun) -> dict:
             if not syncing:
                 continue
             # 3. clip, optimizer step, LR schedule step
+            grads.restore()  # the fp32 gradients, as autograd left them
             grad_norm = None
             if cfg.gradient_clip_val > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(run.setup.params, cfg.gradient_clip_val)

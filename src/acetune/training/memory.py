@@ -5,8 +5,12 @@ One source of truth: `acetune train` (the start summary, `--gradient_checkpointi
 
 peak = base weights + trainable params + their grads + optimizer states + batch
      + what the forward saves (per block: its input when checkpointed, everything otherwise)
-     + the largest backward transient (one block's recompute + its gradients in flight, or the SSL heads')
+     + the largest backward transient (one block's recompute + its gradients in flight, or the SSL heads';
+       with `--gradient_checkpointing fine` the largest of the block's parts)
      + workspace (CUDA context and library workspaces, which torch does not count; 0 for the tables)
+
+LoRA grads held in bf16 (`training.lean_grads`) count 2 bytes each; `--optimizer_offload` and
+`--activation_offload` move the optimizer states and the checkpointed block inputs to host RAM.
 
 Weights and trainable state are counted exactly from the model; activations come from
 `training.memory_trace` (meta-device tracing of the real forward, nothing computed). The estimate
@@ -67,6 +71,7 @@ class Peak:
     host: dict[str, int] = field(default_factory=dict)
     checkpointed: int = 0
     blocks: int = 0
+    inside: bool = False  # the checkpointed blocks' parts checkpointed too (`--gradient_checkpointing fine`)
 
     @property
     def total(self) -> int:
@@ -109,10 +114,13 @@ def static_terms(model: torch.nn.Module, trainable: list, optimizer: str, *, int
                   offload=offload, label=label)
 
 
-def estimate(static: Static, profile, checkpointed: int | None = None, workspace: int = 0) -> Peak:
-    """The peak with `checkpointed` blocks checkpointed (None: all)."""
+def estimate(static: Static, profile, checkpointed: int | None = None, workspace: int = 0, *, inside: bool = False,
+             offload_inputs: bool = False) -> Peak:
+    """The peak with `checkpointed` blocks checkpointed (None: all); `inside`: their parts too (v1);
+    `offload_inputs`: the checkpointed blocks' saved inputs in host RAM (`--activation_offload`)."""
     n = profile.blocks
     k = n if checkpointed is None else max(0, min(n, checkpointed))
+    inside = inside and k > 0 and profile.block_inside > 0
     terms = {"base weights": static.weights, f"{static.label} params": static.trainable,
              f"{static.label} grads": static.grads}
     host = {}
@@ -121,24 +129,33 @@ def estimate(static: Static, profile, checkpointed: int | None = None, workspace
     else:
         terms["optimizer states"] = static.states
     terms["batch"] = profile.batch
-    terms[f"activations saved ({k} of {n} blocks checkpointed)"] = profile.saved(k)
-    terms["backward transient (recompute + grads in flight)"] = profile.transient(k)
+    saved = profile.saved(k)
+    if offload_inputs and k:
+        host["checkpointed block inputs"] = k * profile.block_checkpointed
+        saved -= host["checkpointed block inputs"]
+    terms[f"activations saved ({k} of {n} blocks checkpointed{', inside too' if inside else ''})"] = saved
+    terms["backward transient (recompute + grads in flight)"] = profile.transient(k, inside)
     if workspace:
         terms["workspace (CUDA context, library workspaces)"] = workspace
-    return Peak(terms=terms, host=host, checkpointed=k, blocks=n)
+    return Peak(terms=terms, host=host, checkpointed=k, blocks=n, inside=inside)
 
 
-def choose_checkpointed(static: Static, profile, budget_bytes: float, workspace: int = 0) -> tuple[Peak, bool]:
-    """The fewest checkpointed blocks whose peak fits `budget_bytes` (fewer recomputes = faster steps).
+def choose_checkpointed(static: Static, profile, budget_bytes: float, workspace: int = 0,
+                        offload_inputs: bool = False, inside_allowed: bool = True) -> tuple[Peak, bool]:
+    """The fewest checkpointed blocks whose peak fits `budget_bytes` (fewer recomputes = faster steps), then
+    every block with its parts checkpointed too (v1: one more forward of most of each block).
 
-    Returns (peak, fits); when even all blocks checkpointed do not fit, the all-on peak with fits False.
+    Returns (peak, fits); when nothing fits, the lowest peak with fits False.
     (From 1 block on, each further checkpointed block lowers the peak; the first, 0 -> 1, adds the
     recompute transient, so on a 2-block toy model 1 can be above 0.)"""
-    for k in range(profile.blocks + 1):
-        peak = estimate(static, profile, k, workspace)
+    candidates = [estimate(static, profile, k, workspace, offload_inputs=offload_inputs)
+                  for k in range(profile.blocks + 1)]
+    if profile.block_inside and inside_allowed:
+        candidates.append(estimate(static, profile, None, workspace, inside=True, offload_inputs=offload_inputs))
+    for peak in candidates:
         if peak.total <= budget_bytes:
             return peak, True
-    return estimate(static, profile, profile.blocks, workspace), False
+    return min(candidates[1:] or candidates, key=lambda p: p.total), False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,18 +193,23 @@ def profile_for(model: torch.nn.Module, seconds: float, *, lora_config: dict | N
     return memory_trace.v15_profile(clone, seconds)
 
 
+def choice(k: int, n: int, inside: bool = False) -> str:
+    """`off`, `all blocks`, `all blocks and their parts` or `k of n blocks`."""
+    return "off" if k == 0 else ("all blocks and their parts" if inside else "all blocks") if k == n \
+        else f"{k} of {n} blocks"
+
+
 def describe(peak: Peak, mode: str, budget_gb: float | None, fits: bool = True) -> str:
     """The start-summary line: `gradient checkpointing: 12 of 24 blocks (auto, budget 24 GB): peak ~ 9.8 GB`."""
-    k, n = peak.checkpointed, peak.blocks
-    choice = "off" if k == 0 else "all blocks" if k == n else f"{k} of {n} blocks"
     why = f"auto, budget {budget_gb:g} GB" if budget_gb else mode
-    host = f" (+ {sum(peak.host.values()) / GB:.2f} GB optimizer state in host RAM)" if peak.host else ""
-    warn = "" if fits else "; does NOT fit the budget even with every block checkpointed"
-    return f"  gradient checkpointing: {choice} ({why}); estimated peak {peak.total / GB:.2f} GB{host}{warn}"
+    host = f" (+ {sum(peak.host.values()) / GB:.2f} GB in host RAM)" if peak.host else ""
+    warn = "" if fits else "; does NOT fit the budget even with everything checkpointed"
+    return (f"  gradient checkpointing: {choice(peak.checkpointed, peak.blocks, peak.inside)} ({why}); "
+            f"estimated peak {peak.total / GB:.2f} GB{host}{warn}")
 
 
 # ---------------------------------------------------------------------------------------------
-# The run's choice (`acetune train --gradient_checkpointing auto|on|off --memory_budget_gb N`)
+# The run's choice (`acetune train --gradient_checkpointing auto|on|fine|off --memory_budget_gb N`)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -202,42 +224,55 @@ def longest_seconds(rows) -> float:
 
 
 def plan_checkpointing(args, model: torch.nn.Module, setup, rows, *, lora_config: dict | None, use_ssl: bool,
-                       device: torch.device) -> tuple[int, list[str]]:
+                       device: torch.device, processes: int = 1) -> tuple[int, list[str]]:
     """Decide how many blocks to checkpoint and apply it; returns (blocks, the start-summary lines).
 
-    on: all blocks; off: none; auto: all without a budget (the old default), else the fewest that fit
-    `--memory_budget_gb` at the dataset's longest sample and `--batch_size`."""
+    on: all blocks; fine: all blocks and their parts (v1); off: none; auto: all without a budget, else the
+    fewest that fit `--memory_budget_gb` at the dataset's longest sample and `--batch_size` (then `fine`).
+    Only a budget needs the activation trace (seconds on the official config, and a meta-device call of
+    the family's loss): without one, the summary gives the exact weights and trained state and no guess."""
+    from acetune.errors import UsageError
     from acetune.training.block_checkpointing import apply_checkpointing, normalise_mode, transformer_blocks
+    from acetune.training.lean_grads import lean_params
 
     mode = normalise_mode(args.gradient_checkpointing)
-    n = len(transformer_blocks(model))
-    budget = float(getattr(args, "memory_budget_gb", 0) or 0)
-    seconds = longest_seconds(rows)
-    workspace = CUDA_WORKSPACE if device.type == "cuda" else 0
-    peak = fits = None
-    lines = []
-    try:
-        static = static_terms(model, setup.params, args.optimizer, int8=args.int8,
-                              offload=getattr(args, "optimizer_offload", False),
-                              label="trained" if args.full else "adapter")
-        adapter = lora_config if not args.full and args.adapter == "lora" else None
-        profile = scaled(profile_for(model, seconds, lora_config=adapter, ssl=use_ssl), args.batch_size)
-    except Exception as err:  # an architecture the tracer does not know: train anyway, say so
-        static = profile = None
-        lines.append(f"  memory estimate unavailable ({type(err).__name__}: {str(err)[:80]})")
-    k = 0 if mode == "off" else n
-    if profile is not None:
-        if mode == "auto" and budget > 0:
-            peak, fits = choose_checkpointed(static, profile, budget * GB, workspace)
-            k = peak.checkpointed
+    blocks = transformer_blocks(model)
+    n = len(blocks)
+    if mode == "fine" and not hasattr(blocks[0], "checkpoint_inside"):
+        raise UsageError("--gradient_checkpointing fine is available for ACE-Step v1 only",
+                         fix="use --gradient_checkpointing on")
+    budget = float(getattr(args, "memory_budget_gb", 0) or 0) if mode == "auto" else 0.0
+    offload_inputs = bool(getattr(args, "activation_offload", False)) and device.type != "cpu"
+    lean = lean_params(setup, autocast=args.precision == "bf16-mixed", compute_dtype=torch.bfloat16,
+                       accumulate=args.accumulate_grad_batches, processes=processes)
+    static = static_terms(model, setup.params, args.optimizer, int8=args.int8,
+                          grad_dtype=torch.bfloat16 if lean and len(lean) == len(setup.params) else None,
+                          offload=getattr(args, "optimizer_offload", False),
+                          label="trained" if args.full else "adapter")
+    k, inside, line = (0 if mode == "off" else n), mode == "fine", None
+    if budget > 0:
+        try:
+            adapter = lora_config if not args.full and args.adapter == "lora" else None
+            profile = scaled(profile_for(model, longest_seconds(rows), lora_config=adapter, ssl=use_ssl),
+                             args.batch_size)
+        except Exception as err:  # an architecture the tracer does not know: train anyway, say so
+            line = f"  memory estimate unavailable ({type(err).__name__}: {str(err)[:80]}); checkpointing every block"
         else:
-            peak, fits = estimate(static, profile, k, workspace), True
-    apply_checkpointing(model, k)
-    if peak is not None:
-        lines.append(describe(peak, mode, budget if mode == "auto" else None, fits)
-                     + f" at {seconds:.0f} s x batch {args.batch_size}")
-    else:
-        lines.append(f"  gradient checkpointing: {k} of {n} blocks ({mode})")
+            workspace = CUDA_WORKSPACE if device.type == "cuda" else 0
+            peak, fits = choose_checkpointed(static, profile, budget * GB, workspace, offload_inputs,
+                                             inside_allowed=not getattr(args, "compile", False))
+            k, inside = peak.checkpointed, peak.inside
+            line = (describe(peak, mode, budget, fits)
+                    + f" at {longest_seconds(rows):.0f} s x batch {args.batch_size}")
+    apply_checkpointing(model, k, inside=inside, offload_inputs=offload_inputs)
+    if line is None:
+        fixed = static.weights + static.trainable + static.grads + (0 if static.offload else static.states)
+        line = (f"  gradient checkpointing: {choice(k, n, inside)} ({mode}); weights + trained state "
+                f"{fixed / GB:.2f} GB (--memory_budget_gb N estimates the activations too)")
+    lines = [line]
+    if getattr(args, "activation_offload", False):
+        lines.append("  activation offload: " + ("checkpointed block inputs in host RAM" if offload_inputs
+                                                  else "nothing to offload on --device cpu"))
     return k, lines
 
 
@@ -249,4 +284,4 @@ def scaled(profile, batch: int):
         return profile
     return dataclasses.replace(profile, **{f: getattr(profile, f) * batch for f in
                                            ("batch", "outside", "block_full", "block_checkpointed", "block_largest",
-                                            "heads", "heads_largest")})
+                                            "heads", "heads_largest", "block_inside")})

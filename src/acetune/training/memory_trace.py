@@ -105,18 +105,21 @@ class ActivationProfile:
     block_largest: int  # the largest tensor one block saves
     heads: int = 0  # what the SSL projectors save (v1); checkpointed with the blocks, recomputed in the backward
     heads_largest: int = 0
+    block_inside: int = 0  # one block's backward transient with its parts checkpointed too (v1; 0: not available)
 
     def saved(self, checkpointed: int) -> int:
         """Forward-saved bytes with `checkpointed` blocks checkpointed (0: checkpointing off, heads saved too)."""
         return (self.outside + checkpointed * self.block_checkpointed
                 + (self.blocks - checkpointed) * self.block_full + (0 if checkpointed else self.heads))
 
-    def transient(self, checkpointed: int) -> int:
-        """The largest backward transient: one block's recompute (when any is checkpointed) or the SSL heads'
-        recompute, each plus 3x its largest saved tensor for the gradients in flight."""
+    def transient(self, checkpointed: int, inside: bool = False) -> int:
+        """The largest backward transient: one block's recompute (when any is checkpointed; `inside`: with its
+        parts checkpointed too) or the SSL heads' recompute, each plus 3x its largest saved tensor for the
+        gradients in flight."""
         if not checkpointed:
             return 3 * self.block_largest
-        return max(self.block_full + 3 * self.block_largest, self.heads + 3 * self.heads_largest)
+        block = self.block_inside if inside else self.block_full + 3 * self.block_largest
+        return max(block, self.heads + 3 * self.heads_largest)
 
 
 def v1_profile(model: torch.nn.Module, seconds: float, ssl: bool = True) -> ActivationProfile:
@@ -154,6 +157,7 @@ def v1_profile(model: torch.nn.Module, seconds: float, ssl: bool = True) -> Acti
             whole, _ = saved_bytes(lambda: FAMILY.training_loss(
                 model, batch, noise=torch.zeros_like(batch["target_latents"]), u=torch.zeros(1)), params)
             full, largest = saved_bytes(lambda: block(x, None, ctx, allowed, temb, rope, rope_c), params)
+            inside = _inside_transient(block, params, x, ctx, allowed, temb, rope, rope_c)
             heads = heads_largest = 0
             if targets:
                 heads, heads_largest = saved_bytes(lambda: [projected_loss(p, x, z) for p, z in
@@ -164,7 +168,32 @@ def v1_profile(model: torch.nn.Module, seconds: float, ssl: bool = True) -> Acti
     n, one_input = len(model.transformer_blocks), x.numel() * x.element_size()
     return ActivationProfile(blocks=n, batch=nbytes(batch), outside=whole - n * one_input, block_full=full,
                              block_checkpointed=one_input, block_largest=largest, heads=heads,
-                             heads_largest=heads_largest)
+                             heads_largest=heads_largest, block_inside=inside)
+
+
+def _inside_transient(block, params, x, ctx, allowed, temb, rope, rope_c) -> int:
+    """One v1 block's backward transient with `checkpoint_inside` (see `LinearTransformerBlock`).
+
+    The block's recompute saves the parts' inputs and everything of the feed-forward's second half, whose
+    backward runs first (with 3x its largest tensor in flight); each checkpointed part is then recomputed
+    while the other parts' inputs are still saved (the second half's tensors are freed by then)."""
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+        block.scale_shift_table[None] + temb.reshape(1, 6, -1)).chunk(6, dim=1)
+    block.checkpoint_inside = True
+    try:
+        outer, outer_largest = saved_bytes(lambda: block(x, None, ctx, allowed, temb, rope, rope_c), params)
+    finally:
+        block.checkpoint_inside = False
+    expanded = _t(*block.ff.expand(x).shape).requires_grad_()
+    last, _ = saved_bytes(lambda: x + gate_mlp * block.ff.contract(expanded), params)
+    parts = [lambda: block.self_attention_part(x, None, rope, shift_msa, scale_msa, gate_msa),
+             lambda: block.cross_attention_part(x, ctx, allowed, rope, rope_c),
+             lambda: block.feed_forward_in(x, shift_mlp, scale_mlp)]
+    phases = [outer + 3 * outer_largest]
+    for part in parts:
+        full, largest = saved_bytes(part, params)
+        phases.append(outer - last + full + 3 * largest)
+    return max(phases)
 
 
 def v15_step(model: torch.nn.Module, seconds: float, condition_tokens: int = V15_CONDITION_TOKENS):

@@ -47,8 +47,12 @@ class PointwiseConv(torch.nn.Module):
 def as_linear_pointwise_convs(model: torch.nn.Module) -> int:
     """Swap every ungrouped kernel-1 Conv1d inside the blocks (GLUMBConv's inverted/point convs: a third
     of the official model) for `PointwiseConv`; returns the count. Module paths are unchanged."""
+    return _pointwise_as_linear(model.transformer_blocks)
+
+
+def _pointwise_as_linear(container: torch.nn.Module) -> int:
     count = 0
-    for module in list(model.transformer_blocks.modules()):
+    for module in list(container.modules()):
         conv = getattr(module, "conv", None)
         if isinstance(conv, torch.nn.Conv1d) and conv.kernel_size == (1,) and conv.groups == 1:
             module.conv = PointwiseConv(conv)
@@ -61,3 +65,10 @@ def quantize_int8(model: torch.nn.Module) -> int:
     the number of quantized layers. Apply before the LoRA is added."""
     as_linear_pointwise_convs(model)  # quanto has no Conv1d: make GLUMBConv's pointwise convs Linears first
     return quantize_linears_int8(model.transformer_blocks)
+
+
+def quantize_block_int8(block: torch.nn.Module) -> int:
+    """`quantize_int8` for one transformer block (the int8 loader calls it as each block is read, so the
+    bf16 weights of only one block are ever resident); returns the number of quantized layers."""
+    _pointwise_as_linear(block)
+    return quantize_linears_int8(block)

@@ -115,11 +115,13 @@ def build_run(args, echo=print):
                                      delete=accelerator.is_main_process):
             echo(f"--overwrite: deleted {path}")
     seed_everything(args.seed)
-    model = family.load_transformer(checkpoint_dir, dtype=compute_dtype, device=device, drop_unused=True)
+    int8_load = args.int8 and getattr(family, "loads_int8", False)  # quantized while read: a lower load peak
+    model = family.load_transformer(checkpoint_dir, dtype=compute_dtype, device=device, drop_unused=True,
+                                    **({"int8": True} if int8_load else {}))
     if recipe is not None:
         family.set_recipe(model, recipe)
     use_ssl = bool(meta.ssl_names) and args.ssl_coeff > 0
-    if args.int8:
+    if args.int8 and not int8_load:
         getattr(family, "quantize_int8", quantize_int8)(model)
     if args.full:
         from acetune.training.full import setup_full
@@ -166,7 +168,7 @@ def build_run(args, echo=print):
         echo(f"--compile: {compile_blocks(model)} transformer blocks compile during the first steps")
 
     _, memory_lines = plan_checkpointing(args, model, setup, hf_dataset, lora_config=lora_config, use_ssl=use_ssl,
-                                         device=device)
+                                         device=device, processes=accelerator.num_processes)
     if fsdp:  # after the unused modules are freed, before the optimizer sees the (now sharded) parameters
         from acetune.training.sharding import shard
 

@@ -144,22 +144,28 @@ def _assign(model: torch.nn.Module, key: str, value: torch.Tensor) -> None:
 
 
 def load_weights(model: torch.nn.Module, files: list[Path], dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", on_block=None) -> None:
     """Fill `model` (built on meta) from safetensors `files`; every key must match exactly.
 
     Keys the model does not hold because `drop_unused_projections()` removed them are checked for
-    shape against the official layout and skipped.
+    shape against the official layout and skipped. `on_block(block)` is called as soon as every weight
+    of a transformer block is in (the int8 loader quantizes it there, before the next block is read).
+    Each file is reopened every `REOPEN_BYTES` (and after each block with `on_block`): its memory map
+    keeps every page read resident in the process until it is closed, which would add the file's size
+    to the load's peak.
     """
     expected = {k: tuple(p.shape) for k, p in model.named_parameters()}
     dropped = _dropped_shapes(model)
     seen: set[str] = set()
+    pending = {}  # block index -> keys still to read
+    if on_block is not None:
+        for key in expected:
+            if key.startswith("transformer_blocks."):
+                pending.setdefault(int(key.split(".")[1]), set()).add(key)
     for file in files:
+        handle, read = _open(file, device), 0
         try:
-            handle = safe_open(str(file), framework="pt", device=str(device))
-        except Exception as exc:  # safetensors raises its own error types for a corrupt header
-            raise CheckpointError(f"cannot open safetensors file ({exc})", path=file, fix=_FIX) from None
-        with handle:
-            for key in handle.keys():
+            for key in list(handle.keys()):
                 shape = tuple(handle.get_slice(key).get_shape())
                 want = expected.get(key, dropped.get(key))
                 if want is None:
@@ -172,12 +178,37 @@ def load_weights(model: torch.nn.Module, files: list[Path], dtype: torch.dtype =
                     # A fresh (64-byte aligned) allocation: safetensors hands out tensors that start mid-buffer
                     # (data_ptr % 64 = 24 or 56 here), and CPU GEMM kernels take another path on unaligned
                     # weights, changing the last bit of results against the same weights built in memory.
-                    _assign(model, key, handle.get_tensor(key).to(dtype=dtype, copy=True))
+                    tensor = handle.get_tensor(key)
+                    read += tensor.numel() * tensor.element_size()
+                    _assign(model, key, tensor.to(dtype=dtype, copy=True))
+                    del tensor
+                    if key.startswith("transformer_blocks.") and on_block is not None:
+                        index = int(key.split(".")[1])
+                        pending[index].discard(key)
+                        if not pending[index]:
+                            on_block(model.transformer_blocks[index])
+                            read = REOPEN_BYTES
+                    if read >= REOPEN_BYTES:  # the mapping keeps every page read resident: let them go
+                        handle.__exit__(None, None, None)
+                        handle, read = _open(file, device), 0
+        finally:
+            handle.__exit__(None, None, None)
     missing = [k for k in expected if k not in seen]
     if missing:
         where = files[0] if len(files) == 1 else files[0].parent
         raise CheckpointError(f"missing key {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
                                                                else ""), path=where, fix=_FIX)
+
+
+REOPEN_BYTES = 64 * 2**20  # reopen the file after reading this much (or a block, with `on_block`)
+
+
+def _open(file: Path, device):
+    try:
+        handle = safe_open(str(file), framework="pt", device=str(device))
+    except Exception as exc:  # safetensors raises its own error types for a corrupt header
+        raise CheckpointError(f"cannot open safetensors file ({exc})", path=file, fix=_FIX) from None
+    return handle.__enter__()
 
 
 def _dropped_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -193,7 +224,7 @@ def _dropped_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def load_transformer(model_cls: type, folder: Path | str, dtype: torch.dtype = torch.float32,
-                     device: str | torch.device = "cpu", drop_unused: bool = False):
+                     device: str | torch.device = "cpu", drop_unused: bool = False, on_block=None):
     """Load an official `ace_step_transformer/` folder into a `model_cls` instance (eval mode).
 
     Args:
@@ -201,6 +232,7 @@ def load_transformer(model_cls: type, folder: Path | str, dtype: torch.dtype = t
         dtype: parameter dtype (float32, bfloat16, float16).
         device: where the parameters are created.
         drop_unused: skip the never-used `cross_attn.add_*` / `to_add_out` projections (training).
+        on_block: called with each transformer block once all its weights are read (see `load_weights`).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -211,7 +243,7 @@ def load_transformer(model_cls: type, folder: Path | str, dtype: torch.dtype = t
         model = model_cls(**kwargs)
     if drop_unused:
         model.drop_unused_projections()
-    load_weights(model, files, dtype=dtype, device=device)
+    load_weights(model, files, dtype=dtype, device=device, on_block=on_block)
     return model.eval()
 
 

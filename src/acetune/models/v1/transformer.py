@@ -1,6 +1,7 @@
 """ACE-Step v1 transformer (`ACEStepTransformer2DModel`), our own implementation.
 
-Reads top-down: helpers, blocks, then the model. Mirrors the reference
+Reads top-down: helpers, the patch embedding and final layer, then the model (the blocks live in
+`blocks.py`). Mirrors the reference
 `acestep/models/ace_step_transformer.py` and `attention.py` (facts: ../shared/golden/README.md,
 "Transformer facts"); parameter names equal the official checkpoint's, so loading is a plain
 state-dict copy and LoRA targets (`to_q`, `to_k`, `to_v`, `to_out.0`, `linear_q`, ...) mean what
@@ -21,9 +22,10 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from acetune.models.layers import modulate, rms_norm, timestep_sinusoid
+from acetune.models.layers import modulate, timestep_sinusoid
 from acetune.models.v1 import loading
-from acetune.models.v1.attention import CrossAttention, LinearSelfAttention, cross_attention_mask, rope_tables
+from acetune.models.v1.attention import cross_attention_mask, rope_tables
+from acetune.models.v1.blocks import LinearTransformerBlock
 from acetune.models.v1.lyric_encoder import LyricEncoder
 
 
@@ -47,56 +49,6 @@ def tiny_transformer_config() -> dict:
 # ---------------------------------------------------------------------------------------------
 # Blocks
 # ---------------------------------------------------------------------------------------------
-
-
-class ConvLayer(nn.Module):
-    """A Conv1d held as `.conv` (the reference `ConvLayer` wrapper; kept for the key names)."""
-
-    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, groups: int = 1, bias: bool = True):
-        super().__init__()
-        self.conv = nn.Conv1d(in_dim, out_dim, kernel_size, padding=kernel_size // 2, groups=groups, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class GLUMBConv(nn.Module):
-    """Conv1d(W→2H)+SiLU → depthwise Conv1d(k 3) → x·SiLU(gate) → Conv1d(H→W, no bias) (reference `GLUMBConv`)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.inverted_conv = ConvLayer(dim, hidden * 2, 1)
-        self.depth_conv = ConvLayer(hidden * 2, hidden * 2, 3, groups=hidden * 2)
-        self.point_conv = ConvLayer(hidden, dim, 1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, S, W) -> (B, S, W); the convolutions run over the frame axis."""
-        h = F.silu(self.inverted_conv(x.transpose(1, 2)))  # (B, 2H, S)
-        h, gate = self.depth_conv(h).chunk(2, dim=1)
-        return self.point_conv(h * F.silu(gate)).transpose(1, 2)
-
-
-class LinearTransformerBlock(nn.Module):
-    """adaLN-single block: linear self-attention, ungated cross-attention, GLUMBConv (reference `LinearTransformerBlock`)."""
-
-    def __init__(self, dim: int, heads: int, head_dim: int, mlp_ratio: float):
-        super().__init__()
-        self.attn = LinearSelfAttention(dim, heads, head_dim)
-        self.cross_attn = CrossAttention(dim, heads, head_dim)
-        self.ff = GLUMBConv(dim, int(dim * mlp_ratio))
-        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
-
-    def forward(self, x, mask, context, allowed, temb, rope, rope_context):
-        """x (B, S, W), mask (B, S) or None (every frame real), context (B, L, W), allowed (B, 1, S, L) from
-        `cross_attention_mask`, temb (B, 6W) -> (B, S, W)."""
-        b = x.shape[0]
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            self.scale_shift_table[None] + temb.reshape(b, 6, -1)
-        ).chunk(6, dim=1)  # each (B, 1, W)
-        x = x + gate_msa * self.attn(modulate(rms_norm(x), shift_msa, scale_msa), mask, rope)
-        # cross-attention reads the un-normalised residual stream and has no gate
-        x = x + self.cross_attn(x, context, allowed, rope, rope_context)
-        return x + gate_mlp * self.ff(modulate(rms_norm(x), shift_mlp, scale_mlp))
 
 
 class PatchEmbed(nn.Module):
