@@ -199,20 +199,27 @@ def test_two_processes_ddp_gloo(tiny, tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "out")] == [2]
 
 
-def test_trainer_new_shim_help():
-    proc = subprocess.run([sys.executable, str(REPO / "trainer_new.py"), "--help"], capture_output=True, text=True,
-                          env=_env(), timeout=TIMEOUT)
-    assert proc.returncode == 0
+def test_trainer_new_shim_help(monkeypatch, capsys):
+    """`python trainer_new.py --help`, run in this process (runpy): a subprocess only re-imported torch."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", [str(REPO / "trainer_new.py"), "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(REPO / "trainer_new.py"), run_name="__main__")
+    proc = capsys.readouterr()
+    assert done.value.code in (0, None)
+    assert "trainer_new.py" in proc.out  # the fork's script name as the program name
     for flag in ("--dataset_path", "--checkpoint_dir", "--lora_config_path", "--every_n_train_steps", "--save_last",
                  "--accumulate_grad_batches", "--gradient_clip_val", "--precision", "--resume", "--overfit_check"):
-        assert flag in proc.stdout
+        assert flag in proc.out
 
 
 def test_validation_render_at_step_0_and_tensorboard(tiny, tmp_path):
     checkpoint, data = tiny
     out = tmp_path / "out"
+    # 0.5 s renders (the studio test's length): which steps render is checked here, not the render itself
     argv = train_argv(data, checkpoint, out, "--max_steps", "2", "--validation_prompt", "pop song",
-                      "--validation_duration", "2", "--validation_every", "2", "--logger", "tensorboard")
+                      "--validation_duration", "0.5", "--validation_every", "2", "--logger", "tensorboard")
     assert run_command("train", argv) == 0
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-000000", "step-000002"]
     assert (out / "validation" / "step-000000" / "0.wav").is_file()
