@@ -34,6 +34,26 @@ def wait(predicate, timeout: float = 60, what: str = "condition"):
         time.sleep(0.25)
 
 
+def click_when_ready(driver, selector: str, what: str) -> None:
+    """Click the first element matching `selector`, retrying while the page re-renders it.
+
+    The runs table is rebuilt on every poll, so an element found a moment ago can be gone at the click.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def attempt():
+        found = driver.find_elements("css selector", selector)
+        if not found:
+            return False
+        try:
+            found[0].click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait(attempt, 15, what)
+
+
 def js(driver, script: str, *args):
     return driver.execute_script(script, *args)
 
@@ -264,8 +284,7 @@ def test_stages_train_monitor_stop_resume_export(browser, server, studio_env):
     # stop (SIGINT, as Ctrl-C) once a checkpoint exists, then resume
     wait(lambda: any(out.glob("step-*")), 600, "a checkpoint")  # (older ones are pruned: --save_last 5)
     goto(browser, "#stages/train")
-    stop = wait(lambda: browser.find_elements("css selector", f"tr[data-run='{run['id']}'] button.stop"), 15, "stop button")
-    stop[0].click()
+    click_when_ready(browser, f"tr[data-run='{run['id']}'] button.stop", "stop button")
     stopped = wait(lambda: next((r for r in api(server, "/api/runs") if r["id"] == run["id"]
                                  and r["status"] not in ("running", "stopping")), None), 300, "run to stop")
     assert stopped["status"] == "stopped" and stopped["returncode"] == 130, stopped
@@ -273,9 +292,7 @@ def test_stages_train_monitor_stop_resume_export(browser, server, studio_env):
     assert saved and saved[-1] < steps
     stop_log = api(server, f"/api/runs/{run['id']}/log")["text"]  # the step it stopped at was saved (COORD)
     assert f"after step {saved[-1]}: saved {out / f'step-{saved[-1]:06d}'}" in stop_log, stop_log[-1500:]
-    resume = wait(lambda: browser.find_elements("css selector", f"tr[data-run='{run['id']}'] button.resume"), 15,
-                  "resume button")
-    resume[0].click()
+    click_when_ready(browser, f"tr[data-run='{run['id']}'] button.resume", "resume button")
     resumed = wait(lambda: next((r for r in api(server, "/api/runs") if r["resumed_from"] == run["id"]), None), 30,
                    "resumed run")
     assert resumed["argv"][-1] == "--resume"
