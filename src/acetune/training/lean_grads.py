@@ -56,21 +56,21 @@ class Bf16Grads:
 
     def restore(self) -> None:
         """Widen every stashed gradient back into `.grad` (fp32), before clipping and the step."""
-        for p in self.params:
-            held = self.stash.pop(id(p), None)
-            if held is not None:
-                p.grad = held.float()
+        self._widen()
         if self.inexact is not None and bool(self.inexact):
             logger.warning("a LoRA gradient was not a bf16 value; this step's gradients were rounded to bf16, "
                            "later steps keep them in fp32 (please report this model and LoRA config)")
             self.remove()
         self.inexact = None
 
-    def remove(self) -> None:
+    def _widen(self) -> None:
         for p in self.params:
             held = self.stash.pop(id(p), None)
             if held is not None:
                 p.grad = held.float()
+
+    def remove(self) -> None:
+        self._widen()
         for h in self.handles:
             h.remove()
         self.handles = []
