@@ -97,14 +97,15 @@ def _rss_gb() -> float:
 
 
 def step_runner(name: str, dtype_name: str, length: str, cached_lyrics: bool = True, inside: bool = False,
-                ssl: bool = True):
+                ssl: bool = True, budget_gb: float = 0.0):
     """(model, one_step, close) for a case: one_step() runs one whole training step as `training.loop.fit` does
     (batch, forward under autocast, backward, LoRA gradients widened from bf16, clip, AdamW, LR scheduler) and
     returns its seconds; close() ends the step's context (peft's input cast, the bf16 gradient hooks).
 
     cached_lyrics=False runs the lyric encoder in every step (the fork's way) instead of the cache; inside:
     every block's parts checkpointed too (`--gradient_checkpointing fine`); ssl=False: no SSL targets, the
-    projectors freed (`--ssl_coeff 0`)."""
+    projectors freed (`--ssl_coeff 0`); budget_gb: the blocks `--gradient_checkpointing auto --memory_budget_gb N`
+    checkpoints for a GPU of that size (the trainer's own plan), instead of every block."""
     import contextlib
 
     import torch
@@ -118,12 +119,15 @@ def step_runner(name: str, dtype_name: str, length: str, cached_lyrics: bool = T
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     model, setup = build(name, dtype)
-    apply_checkpointing(model, len(model.transformer_blocks), inside=inside)
     s = sample(model.config, length)
     cache = LyricCache() if cached_lyrics else None
     if cache is not None:
         cache.fill(model, [s], torch.device("cpu"), dtype)
     FAMILY.prepare_for_training(model, use_ssl=ssl, drop_lyric_path=cached_lyrics)
+    if budget_gb:
+        plan_for_budget(model, setup, budget_gb, seconds=float(length[:-1]), ssl=ssl)
+    else:
+        apply_checkpointing(model, len(model.transformer_blocks), inside=inside)
     optimizer = build_optimizer(setup.params, "adamw", lr=1e-4)
     scheduler = build_lr_scheduler(optimizer, optimizer_name="adamw")
     ssl_names = tuple(model.config.ssl_names) if ssl else ()
@@ -150,10 +154,29 @@ def step_runner(name: str, dtype_name: str, length: str, cached_lyrics: bool = T
     return model, one_step, stack.close
 
 
+def plan_for_budget(model, setup, budget_gb: float, seconds: float, ssl: bool) -> int:
+    """Checkpoint what `acetune train --gradient_checkpointing auto --memory_budget_gb <budget_gb>` would on a
+    CUDA device (its workspace counted) for one song of `seconds`; returns the number of blocks checkpointed."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from acetune.dataset import schema
+    from acetune.training.memory import plan_checkpointing
+
+    args = SimpleNamespace(gradient_checkpointing="auto", memory_budget_gb=budget_gb, activation_offload=False,
+                           precision="bf16-mixed", accumulate_grad_batches=1, optimizer="adamw", int8=False,
+                           optimizer_offload=False, full=False, adapter="lora", batch_size=1, compile=False)
+    k, lines = plan_checkpointing(args, model, setup, {schema.DURATION: [seconds]}, lora_config=LORA, use_ssl=ssl,
+                                  device=torch.device("cuda"))
+    print(f"budget {budget_gb:g} GB:" + " ".join(line.strip() for line in lines), file=sys.stderr)
+    return k
+
+
 def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: int = 2,
-            cached_lyrics: bool = True, inside: bool = False, ssl: bool = True) -> dict:
+            cached_lyrics: bool = True, inside: bool = False, ssl: bool = True, budget_gb: float = 0.0) -> dict:
     """Median seconds per step, peak RSS (GiB), and the peak's growth over the RSS before the first step (GB)."""
-    _, one_step, close = step_runner(name, dtype_name, length, cached_lyrics, inside, ssl)
+    _, one_step, close = step_runner(name, dtype_name, length, cached_lyrics, inside, ssl, budget_gb)
     before = _rss_gb()
     times = [one_step() for _ in range(warmup + repeats)][warmup:]
     close()

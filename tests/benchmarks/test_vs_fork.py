@@ -41,10 +41,26 @@ def test_training_rows_give_time_and_peak_rss_for_both_lyric_paths(vs_fork):
     fork = [{"time_s": 8.0, "peak_rss_gb": 8.0}]
     ours = {"lyric-each-step": [{"time_s": 6.0, "peak_rss_gb": 6.0}], "cached": [{"time_s": 4.0, "peak_rss_gb": 5.0}]}
     rows = vs_fork.format_rows("train-official-10s", fork, ours)
-    assert len(rows) == 4
+    assert len(rows) == 4  # a variant that did not run has no row
     assert rows[0].endswith("(lyric encoder each step) | 8 s | 6 s | **0.75** |")
     assert rows[1].endswith("(cached lyric path) | 8 s | 4 s | **0.50** |")
     assert rows[3].startswith("| peak RSS, ") and rows[3].endswith("| 8 GB | 5 GB | **0.62** |")
+    ours["budget"] = [{"time_s": 3.0, "peak_rss_gb": 5.5}]
+    rows = vs_fork.format_rows("train-official-10s", fork, ours)
+    assert rows[2].endswith("(cached, `--gradient_checkpointing auto --memory_budget_gb 24`) | 8 s | 3 s | **0.38** |")
+
+
+def test_budget_variant_runs_the_trainers_plan_for_a_24_gb_gpu(vs_fork, capsys):
+    """The tiny model at 10 s fits 24 GB with room to spare: the plan checkpoints no block."""
+    import train as train_bench
+
+    model, setup = train_bench.build("tiny", __import__("torch").float32)
+    assert model.gradient_checkpointing
+    assert train_bench.plan_for_budget(model, setup, vs_fork.GPU_BUDGET_GB, seconds=10, ssl=True) == 0
+    assert not model.gradient_checkpointing
+    assert "gradient checkpointing: off (auto, budget 24 GB)" in capsys.readouterr().err
+    # a budget below the weights alone cannot be met: every block (and its parts) is checkpointed
+    assert train_bench.plan_for_budget(model, setup, 1e-6, seconds=10, ssl=True) == len(model.transformer_blocks)
 
 
 def test_warmup_calls_are_made_but_not_counted(vs_fork):
