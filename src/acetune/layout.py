@@ -10,6 +10,7 @@ from __future__ import annotations
 from diffusers.utils.constants import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
 
 V1_TRANSFORMER_DIR = "ace_step_transformer"
+V1_MARKER = "genre_embedder.weight"  # a weight only ACE-Step v1's transformer has (ComfyUI detects v1 by it)
 V1_DCAE_DIR = "music_dcae_f8c8"
 V1_VOCODER_DIR = "music_vocoder"
 V1_TEXT_ENCODER_DIR = "umt5-base"

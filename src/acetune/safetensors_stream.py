@@ -11,6 +11,7 @@ padded with spaces, then the tensor bytes, offsets counted from the end of the h
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Iterable
@@ -58,10 +59,7 @@ def read_header(path: Path) -> tuple[dict[str, Stored], dict[str, str]]:
         raise InputError(f"not a safetensors file (its header does not parse: {type(err).__name__})", path=path,
                          fix="give a .safetensors file (a complete download)") from None
     for name, t in tensors.items():
-        count = 1
-        for d in t.shape:
-            count *= d
-        if t.dtype not in ITEM_SIZE or count * ITEM_SIZE[t.dtype] != t.nbytes or t.start + t.nbytes > size:
+        if t.dtype not in ITEM_SIZE or math.prod(t.shape) * ITEM_SIZE[t.dtype] != t.nbytes or t.start + t.nbytes > size:
             raise InputError(f"tensor {name!r} does not fit its header (truncated or damaged file)", path=path,
                              fix="download the file again")
     return tensors, {str(k): str(v) for k, v in metadata.items()}

@@ -16,13 +16,12 @@ from pathlib import Path
 from safetensors import safe_open
 
 from acetune.errors import InputError, UsageError
-from acetune.layout import V1_TRANSFORMER_DIR
+from acetune.layout import V1_MARKER, V1_TRANSFORMER_DIR
 from acetune.lora import keys as lk
 from acetune.lora.extract import extract_lora, summary_lines
 from acetune.lora.file import save_lora_file
 
 V15_TRANSFORMER_DIR = "transformer"  # the diffusers AceStepPipeline folder's DiT
-V1_MARKER = "genre_embedder.weight"  # only ACE-Step v1 has it (ComfyUI detects v1 by it too)
 
 
 def extract_problems(args) -> list[str]:

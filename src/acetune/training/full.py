@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from acetune.errors import UsageError
+from acetune.layout import V1_MARKER
 from acetune.training.checkpoint import FULL_WEIGHTS_FILE
 
 ADAPTER_NAME = "full"
@@ -140,7 +141,6 @@ COMFYUI_CHECKPOINT_FILE = "transformer_comfyui.safetensors"
 # and detects ACE-Step v1 by `genre_embedder.weight` (/work/shared/facts/comfyui-lora.md: exactly the
 # official transformer keys).
 COMFYUI_MODEL_PREFIX = "model.diffusion_model."
-V1_MARKER = "genre_embedder.weight"
 
 
 def comfyui_state(transformer_dir: Path) -> dict[str, torch.Tensor] | None:

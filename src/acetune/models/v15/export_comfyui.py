@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 from acetune.errors import InputError
+from acetune.layout import V1_MARKER
 from acetune.models.v15.variant import RELEASED_WIDTHS
 from acetune.safetensors_stream import FLOAT_DTYPES, Stored, read_header, write_streamed
 
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 DECODER = "decoder."  # ComfyUI's attribute holding the DiT
 DETECT_KEY = "encoder.lyric_encoder.layers.0.input_layernorm.weight"  # what ComfyUI's model_detection looks for
 WIDTH_KEY = "layers.0.self_attn_norm.weight"  # (hidden,) under the same name in both layouts
-V1_KEY = "genre_embedder.weight"  # ACE-Step v1's marker (ComfyUI detects v1 by it)
 # The whole decoder mapping: a diffusers path piece -> ComfyUI's. Every other piece (layers.N, self_attn,
 # cross_attn, *_norm, mlp.{gate,up,down}_proj, time_embed*, condition_embedder, norm_out,
 # scale_shift_table) is spelled the same in both; `decoder.` goes in front.
@@ -79,7 +79,7 @@ def base_prefix(path: Path, tensors: dict[str, Stored]) -> str:
     found = [k[:-len(DETECT_KEY)] for k in tensors if k.endswith(DETECT_KEY)]
     prefix = min(found, key=len) if found else None
     if prefix is None or prefix + DECODER + WIDTH_KEY not in tensors:
-        if any(k.endswith(V1_KEY) for k in tensors):
+        if any(k.endswith(V1_MARKER) for k in tensors):
             what = "an ACE-Step v1 file"
         elif WIDTH_KEY in tensors or any(k.endswith("." + WIDTH_KEY) for k in tensors):
             what = "a transformer without ComfyUI's condition encoder (a diffusers or trainer file?)"
