@@ -46,7 +46,7 @@ def load(folder: str, way: int) -> dict:
     import torch
 
     from acetune.models.v1.family import FAMILY
-    from acetune.training.quantize import quantize_int8
+    from acetune.training.quantize import quantize_block_int8, quantize_int8
 
     before = bench_train._rss_gb()
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to now: the imports peak higher
@@ -55,7 +55,8 @@ def load(folder: str, way: int) -> dict:
         model = FAMILY.load_transformer(Path(folder), dtype=torch.bfloat16, drop_unused=True)
         quantize_int8(model)
     else:
-        model = FAMILY.load_transformer(Path(folder), dtype=torch.bfloat16, drop_unused=True, int8=True)
+        model = FAMILY.load_transformer(Path(folder), dtype=torch.bfloat16, drop_unused=True,
+                                       on_block=quantize_block_int8)
     after = bench_train._rss_gb()
     with open("/proc/self/status") as f:
         peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024 / 1e9

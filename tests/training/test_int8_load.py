@@ -22,8 +22,8 @@ def test_block_by_block_int8_load_equals_load_then_quantize(tmp_path, monkeypatc
     events = []
     real_assign, real_block = loading._assign, quantize.quantize_block_int8
     monkeypatch.setattr(loading, "_assign", lambda m, key, v: events.append(key) or real_assign(m, key, v))
-    monkeypatch.setattr(quantize, "quantize_block_int8", lambda block: events.append("quantize") or real_block(block))
-    got = FAMILY.load_transformer(tmp_path, dtype=torch.bfloat16, drop_unused=True, int8=True)
+    got = FAMILY.load_transformer(tmp_path, dtype=torch.bfloat16, drop_unused=True,
+                                  on_block=lambda block: events.append("quantize") or real_block(block))
     assert events.count("quantize") == 2
     # block 0 is quantized before any weight of block 1 is read
     assert events.index("quantize") < min(i for i, k in enumerate(events) if k.startswith("transformer_blocks.1."))

@@ -78,7 +78,7 @@ def build_run(args, echo=print):
     from acetune.training.lora import add_lora, init_lora_from_file, touches_lyric_encoder
     from acetune.training.memory import plan_checkpointing
     from acetune.training.optim import build_lr_scheduler, build_optimizer, optimizer_advice
-    from acetune.training.quantize import quantize_int8
+    from acetune.training.quantize import quantize_block_int8, quantize_int8
     from acetune.training.recipes import apply_recipe
     from acetune.training.resume import seed_everything
     from acetune.training.val_loss import held_out_songs
@@ -115,9 +115,9 @@ def build_run(args, echo=print):
                                      delete=accelerator.is_main_process):
             echo(f"--overwrite: deleted {path}")
     seed_everything(args.seed)
-    int8_load = args.int8 and getattr(family, "loads_int8", False)  # quantized while read: a lower load peak
+    int8_load = args.int8 and getattr(family, "loads_by_block", False)  # quantized while read: a lower load peak
     model = family.load_transformer(checkpoint_dir, dtype=compute_dtype, device=device, drop_unused=True,
-                                    **({"int8": True} if int8_load else {}))
+                                    **({"on_block": quantize_block_int8} if int8_load else {}))
     if recipe is not None:
         family.set_recipe(model, recipe)
     use_ssl = bool(meta.ssl_names) and args.ssl_coeff > 0

@@ -29,7 +29,7 @@ class V1Family:
     """ACE-Step v1: `ace_step_transformer/`, `music_dcae_f8c8/`, `music_vocoder/`, `umt5-base/`."""
 
     name = "ace-step-v1"
-    loads_int8 = True  # `load_transformer(..., int8=True)` quantizes block by block while reading
+    loads_by_block = True  # `load_transformer(..., on_block=f)` calls f on each block as soon as it is read
     default_lora_targets = LORA_TARGETS
 
     def detect(self, checkpoint_dir: Path) -> bool:
@@ -45,18 +45,16 @@ class V1Family:
 
     def load_transformer(self, checkpoint_dir: Path, dtype: torch.dtype = torch.float32,
                          device: str | torch.device = "cpu", drop_unused: bool = False,
-                         int8: bool = False) -> torch.nn.Module:
-        """int8: quantize each block as soon as it is read (`--int8`), so the load never holds the whole
-        model in `dtype` (same weights as loading first and then `training.quantize.quantize_int8`)."""
+                         on_block=None) -> torch.nn.Module:
+        """on_block(block): called on each transformer block as soon as all its weights are read (`--int8`
+        quantizes there, so the load never holds the whole model in `dtype`)."""
         from acetune.models.v1.loading import load_transformer
 
-        if not int8:
+        if on_block is None:
             return ACEStepTransformer2DModel.from_pretrained(Path(checkpoint_dir) / V1_TRANSFORMER_DIR,
                                                              torch_dtype=dtype, device=device, drop_unused=drop_unused)
-        from acetune.training.quantize import quantize_block_int8
-
         return load_transformer(ACEStepTransformer2DModel, Path(checkpoint_dir) / V1_TRANSFORMER_DIR, dtype=dtype,
-                                device=device, drop_unused=drop_unused, on_block=quantize_block_int8)
+                                device=device, drop_unused=drop_unused, on_block=on_block)
 
     def speaker_dim(self, checkpoint_dir: Path) -> int:
         """Width of the speaker embedding the transformer takes (`speaker_embedding_dim`)."""
