@@ -25,7 +25,7 @@ from acetune.cli import arg
 from acetune.dataset import schema
 from acetune.dataset.song import SongRecord, resolve_filename
 from acetune.errors import InputError, UsageError
-from acetune.preprocessing import codec_parts, distributed, pipeline, ssl, store
+from acetune.preprocessing import codec_parts, distributed, packed, pipeline, ssl, store
 from acetune.progress import progress
 from acetune.report import Report
 
@@ -81,6 +81,8 @@ class Args:
     batch_songs: bool = arg(False, help="batch text encoder and SSL models across songs: faster, but rows equal "
                                         "song-by-song ones only to float rounding (shards/resumes not bit-identical)")
     compile: bool = arg(False, help="torch.compile the heavy encoders (slow first songs; needs a C++ compiler on CPU)")
+    pack_weights: bool = arg(True, help="bf16 on a CPU: pack the encoders' linear weights once for oneDNN instead of "
+                                        "on every call (bit-identical rows; --no-pack_weights turns it off)")
     merge: list[Path] = arg(help="merge mode: copy the songs of these preprocessed outputs into --output_name",
                             default_factory=list)
     overwrite: bool = arg(False, help="delete an existing output first instead of resuming it")
@@ -260,7 +262,10 @@ def encode(args: Args, launch: distributed.Launch) -> int:
     all_songs = read_songs(args.input_name, report)
     songs = split.rank_songs(all_songs)
     encoders = load_encoders(args, family, dtype)
-    pipeline.batching.compile_encoders(encoders) if args.compile else None
+    if args.compile:
+        pipeline.batching.compile_encoders(encoders)
+    elif args.pack_weights and packed.can_pack(device, dtype):
+        packed.pack_encoders(encoders)
     meta = build_meta(args, family, encoders.ssl_names, dtype, device, sources)
     meta.settings.update(split.settings())
     out = args.output_name
