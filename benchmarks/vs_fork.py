@@ -57,8 +57,9 @@ downloads):
       --prompt_variants 1` (the fork's dtype, its one prompt per song) and each lever of
       `vs_fork_prep.LEVERS` in turn (`--variants`): defaults (2 decode threads ahead, bf16 linear
       weights packed once), the same without packing (`nopack`), decoding inline, `--batch_songs`,
-      `--compile`, and acetune's default of 4 prompt variants (more work than the fork's). Its stored rows differ by design (SSL quantised and entropy-coded, windowed DCAE for
-      songs over 47.5 s, bf16 storage): each side stores what its trainer reads.
+      `--compile`, and acetune's default of 4 prompt variants (more work than the fork's). Its
+      stored rows differ by design (SSL quantised and entropy-coded, windowed DCAE for songs over
+      47.5 s, bf16 storage): each side stores what its trainer reads.
       Figures: wall seconds of the entry call (imports excluded) and songs/s, with and without the
       encoders' load (fork: `Preprocessor.__init__`; acetune: `stages.preprocess.load_encoders`), and
       the peak RSS of the process. One run per process (no warm-up: a first song paying a compile is
