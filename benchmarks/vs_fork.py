@@ -55,8 +55,8 @@ downloads):
       real run's.
       acetune: `acetune preprocess` in-process (`cli.run_command`) with `--dtype bfloat16
       --prompt_variants 1` (the fork's dtype, its one prompt per song) and each lever of
-      `vs_fork_prep.LEVERS` in turn (`--variants`): defaults (2 decode threads ahead, bf16 linear
-      weights packed once), the same without packing (`nopack`), decoding inline, `--batch_songs`,
+      `vs_fork_prep.LEVERS` in turn (`--variants`): defaults (2 decode threads ahead), bf16 linear
+      weights packed once (`pack`, `--pack_weights`), decoding inline, `--batch_songs`,
       `--compile`, and acetune's default of 4 prompt variants (more work than the fork's). Its
       stored rows differ by design (SSL quantised and entropy-coded, windowed DCAE for songs over
       47.5 s, bf16 storage): each side stores what its trainer reads.

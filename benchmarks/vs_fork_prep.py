@@ -41,8 +41,8 @@ UMT5_BASE = dict(vocab_size=256384, d_model=768, d_kv=64, d_ff=2048, num_layers=
 # prompt per song, except "k4" (acetune's default of 4 prompt variants: more work than the fork's).
 SAME = ["--dtype", "bfloat16", "--prompt_variants", "1"]
 LEVERS = {
-    "default": ("defaults (2 decode threads, packed bf16 linears), bf16, 1 prompt", SAME),
-    "nopack": ("linear weights not packed (--no-pack_weights)", [*SAME, "--no-pack_weights"]),
+    "default": ("defaults (2 decode threads), bf16, 1 prompt", SAME),
+    "pack": ("bf16 linear weights packed once (--pack_weights)", [*SAME, "--pack_weights"]),
     "inline": ("decoding inline (--num_workers 0)", [*SAME, "--num_workers", "0"]),
     "batch": ("--batch_songs", [*SAME, "--batch_songs"]),
     "compile": ("--compile", [*SAME, "--compile"]),

@@ -1,13 +1,14 @@
-"""bf16 linear layers with their weights packed once for the CPU's oneDNN kernels.
+"""bf16 linear layers with their weights packed once for the CPU's oneDNN kernels (`--pack_weights`).
 
 A bf16 `nn.Linear` on the CPU runs oneDNN's matmul, which first reorders the weight into its blocked
-layout, on every call. Preprocess calls each encoder once per song (a 5 s MERT chunk is only 375
-rows), so that per-call reorder is a large share of the time. `pack_linears` does the reorder once:
+layout, on every call (a 5 s MERT chunk is only 375 rows: one MERT-size layer runs 9% faster packed,
+a whole official-size run ~1%, so it is opt-in). `pack_linears` does the reorder once:
 each bf16 `nn.Linear` becomes a `PackedLinear` holding the blocked weight and calling the same oneDNN
 kernel (`torch.ops.mkldnn._linear_pointwise`, what inductor's weight freezing uses), so the outputs
-are bit-identical (tests/preprocessing/test_packed.py); the plain weight is dropped, so memory does
-not grow. Only bf16 on a CPU with oneDNN bf16 support: fp32 linears run MKL's sgemm instead, which
-oneDNN would not reproduce bit for bit, and a GPU has no such reorder.
+are bit-identical (tests/preprocessing/test_packed.py); the plain weight is dropped (but its pages
+are not all returned to the OS: peak RSS can grow). Only bf16 on a CPU with oneDNN bf16 support:
+fp32 linears run MKL's sgemm instead, which oneDNN would not reproduce bit for bit, and a GPU has no
+such reorder.
 """
 
 from __future__ import annotations
