@@ -82,7 +82,7 @@ class Args:
                                         "song-by-song ones only to float rounding (shards/resumes not bit-identical)")
     compile: bool = arg(False, help="torch.compile the heavy encoders (slow first songs; needs a C++ compiler on CPU)")
     pack_weights: bool = arg(False, help="bf16 on a CPU: pack the encoders' linear weights once for oneDNN instead of "
-                                         "on every call (bit-identical rows; measured ~1%% faster, higher peak RAM)")
+                                         "on every call (bit-identical rows; measured ~1%% faster on a whole run)")
     merge: list[Path] = arg(help="merge mode: copy the songs of these preprocessed outputs into --output_name",
                             default_factory=list)
     overwrite: bool = arg(False, help="delete an existing output first instead of resuming it")
