@@ -97,7 +97,7 @@ def _rss_gb() -> float:
 
 
 def step_runner(name: str, dtype_name: str, length: str, cached_lyrics: bool = True, inside: bool = False,
-                ssl: bool = True, budget_gb: float = 0.0):
+                ssl: bool = True, budget_gb: float = 0.0, compile: bool = False):
     """(model, one_step, close) for a case: one_step() runs one whole training step as `training.loop.fit` does
     (batch, forward under autocast, backward, LoRA gradients widened from bf16, clip, AdamW, LR scheduler) and
     returns its seconds; close() ends the step's context (peft's input cast, the bf16 gradient hooks).
@@ -105,7 +105,8 @@ def step_runner(name: str, dtype_name: str, length: str, cached_lyrics: bool = T
     cached_lyrics=False runs the lyric encoder in every step (the fork's way) instead of the cache; inside:
     every block's parts checkpointed too (`--gradient_checkpointing fine`); ssl=False: no SSL targets, the
     projectors freed (`--ssl_coeff 0`); budget_gb: the blocks `--gradient_checkpointing auto --memory_budget_gb N`
-    checkpoints for a GPU of that size (the trainer's own plan), instead of every block."""
+    checkpoints for a GPU of that size (the trainer's own plan), instead of every block; compile: the blocks
+    compiled as `--compile` does (`training.compiled.compile_blocks`; the first steps compile)."""
     import contextlib
 
     import torch
@@ -128,6 +129,10 @@ def step_runner(name: str, dtype_name: str, length: str, cached_lyrics: bool = T
         plan_for_budget(model, setup, budget_gb, seconds=float(length[:-1]), ssl=ssl)
     else:
         apply_checkpointing(model, len(model.transformer_blocks), inside=inside)
+    if compile:
+        from acetune.training.compiled import compile_blocks
+
+        compile_blocks(model)
     optimizer = build_optimizer(setup.params, "adamw", lr=1e-4)
     scheduler = build_lr_scheduler(optimizer, optimizer_name="adamw")
     ssl_names = tuple(model.config.ssl_names) if ssl else ()
@@ -174,14 +179,17 @@ def plan_for_budget(model, setup, budget_gb: float, seconds: float, ssl: bool) -
 
 
 def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: int = 2,
-            cached_lyrics: bool = True, inside: bool = False, ssl: bool = True, budget_gb: float = 0.0) -> dict:
-    """Median seconds per step, peak RSS (GiB), and the peak's growth over the RSS before the first step (GB)."""
-    _, one_step, close = step_runner(name, dtype_name, length, cached_lyrics, inside, ssl, budget_gb)
+            cached_lyrics: bool = True, inside: bool = False, ssl: bool = True, budget_gb: float = 0.0,
+            compile: bool = False) -> dict:
+    """Median seconds per step, peak RSS (GiB), the peak's growth over the RSS before the first step (GB), and
+    the warm-up steps' seconds (`warmup_s`: with `compile`, the compilation is there, not in `time_s`)."""
+    _, one_step, close = step_runner(name, dtype_name, length, cached_lyrics, inside, ssl, budget_gb, compile)
     before = _rss_gb()
-    times = [one_step() for _ in range(warmup + repeats)][warmup:]
+    times = [one_step() for _ in range(warmup + repeats)]
     close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux reports KiB)
-    return {"time_s": statistics.median(times), "peak_rss_gb": peak / 2**30, "growth_gb": peak / 1e9 - before}
+    return {"time_s": statistics.median(times[warmup:]), "peak_rss_gb": peak / 2**30, "growth_gb": peak / 1e9 - before,
+            "warmup_s": times[:warmup]}
 
 
 # ---- the official config at 360 s, estimated (acetune.training.memory) ----

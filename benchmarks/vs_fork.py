@@ -18,10 +18,12 @@ downloads):
       fork: `trainer_new.Pipeline.training_step` (its noise, timestep, loss and logging code) under
       `torch.autocast("cpu", bfloat16)` (Lightning's bf16-mixed) on the whole model cast to bf16, with
       the optimizer and scheduler of its `configure_optimizers`; the lyric encoder runs in every step.
-      acetune: `benchmarks/train.py::measure` (the trainer's step) three times: "lyric encoder each step"
-      (the fork's work), "cached lyric path" (acetune's default: encoder output computed once), and the
-      cached path with `--gradient_checkpointing auto --memory_budget_gb 24`: the blocks the trainer's
-      own plan checkpoints for a 24 GB GPU at this length (none here; the plan is printed to stderr).
+      acetune: `benchmarks/train.py::measure` (the trainer's step) four times (`--variants` picks): "lyric
+      encoder each step" (the fork's work), "cached lyric path" (acetune's default: encoder output computed
+      once), "budget": the cached path with `--gradient_checkpointing auto --memory_budget_gb 24`: the
+      blocks the trainer's own plan checkpoints for a 24 GB GPU at this length (none here; the plan is
+      printed to stderr), and "compile": budget plus `--compile` (the blocks torch.compile'd); its 3
+      untimed first steps hold the compilation and are reported on a row of their own.
   dcae-encode-official-30s
       30 s of 48 kHz stereo -> latents with the official-size DCAE in bf16: resample to 44.1 kHz,
       log-mel, normalise, DCAE encoder, scale. fork: `MusicDCAE.encode`; acetune: `MusicDCAE.encode`.
@@ -77,6 +79,7 @@ soundfile decoding to float32 channels-first (what torchaudio's soundfile backen
 `torchvision.transforms.Normalize(0.5, 0.5)` = (x - 0.5) / 0.5, installed only if the real ones fail.
 
     python benchmarks/vs_fork.py --case train-medium-10s            # one case, interleaved
+    python benchmarks/vs_fork.py --case train-medium-60s --variants budget compile   # the fastest variants
     python benchmarks/vs_fork.py                                     # every case (official ones: ~8 GB)
     python benchmarks/vs_fork.py --case audio-path-180s --acetune_only   # our side alone, quick check
     python benchmarks/vs_fork.py --case preprocess-official --variants default batch   # whole preprocess
@@ -108,8 +111,11 @@ BIG = {"train-official-10s", PREP_CASE}  # > 4 GB (~8 GB, ~4.3 GB): run under th
 # acetune variants per case: (variant id, label)
 GPU_BUDGET_GB = 24  # the "budget" variant: checkpoint only what a 24 GB GPU needs (none at these lengths)
 VARIANTS = {case: [("lyric-each-step", "lyric encoder each step"), ("cached", "cached lyric path"),
-                   ("budget", f"cached, `--gradient_checkpointing auto --memory_budget_gb {GPU_BUDGET_GB}`")]
+                   ("budget", f"cached, `--gradient_checkpointing auto --memory_budget_gb {GPU_BUDGET_GB}`"),
+                   ("compile", f"cached, `--gradient_checkpointing auto --memory_budget_gb {GPU_BUDGET_GB} --compile`")]
             for case in TRAIN_CASES}
+COMPILE_WARMUP = 1  # the compile variant's extra untimed step: it compiles at its first step, again at its second
+# (the shapes become dynamic); its warm-up seconds (compilation included) get their own row
 VARIANTS[PREP_CASE] = [(v, label) for v, (label, _) in vs_fork_prep.LEVERS.items()]
 WORK = {"train-official-10s": "LoRA train step, official config, bf16, 10 s",
         "train-medium-10s": "LoRA train step, medium config, bf16, 10 s",
@@ -169,10 +175,13 @@ def acetune_side(case: str, variant: str, work_dir: Path, warmup: int, repeats: 
         import train as train_bench
 
         config, seconds = TRAIN_CASES[case]
-        r = train_bench.measure(config, "bf16", f"{seconds}s", repeats=repeats, warmup=warmup,
+        compiled = variant == "compile"
+        r = train_bench.measure(config, "bf16", f"{seconds}s", repeats=repeats,
+                                warmup=warmup + (COMPILE_WARMUP if compiled else 0),
                                 cached_lyrics=variant != "lyric-each-step",
-                                budget_gb=GPU_BUDGET_GB if variant == "budget" else 0.0)
-        return {"time_s": r["time_s"], "peak_rss_gb": r["peak_rss_gb"]}
+                                budget_gb=GPU_BUDGET_GB if variant in ("budget", "compile") else 0.0,
+                                compile=compiled)
+        return {"time_s": r["time_s"], "peak_rss_gb": r["peak_rss_gb"], "warmup_s": sum(r["warmup_s"])}
     from acetune.models.v1.dcae import MusicDCAE
 
     if case == "dcae-encode-official-30s":
@@ -236,6 +245,10 @@ def format_rows(case: str, fork_runs: list[dict], ours: dict[str, list[dict]]) -
             work = f"{prefix}{WORK[case]}" + (f" ({label})" if label else "")
             fork = "—" if f is None else f"{f:.3g} {unit}"
             out.append(f"| {work} | {fork} | {a:.3g} {unit} | " + ("—" if ratio is None else f"**{ratio:.2f}**") + " |")
+    if ours.get("compile"):
+        first = statistics.median(r["warmup_s"] for r in ours["compile"])
+        out.append(f"| {WORK[case]}: the compile variant's untimed first steps (compilation; not in its step time) "
+                   f"| — | {first:.3g} s | — |")
     return out
 
 
@@ -279,8 +292,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
     ap.add_argument("--lock", default="/tmp/acetune-bigmem.lock", help="flock file for the official-size cases")
     ap.add_argument("--no_lock", action="store_true", help="do not take the big-memory lock (caller holds it)")
-    ap.add_argument("--variants", nargs="*", choices=[v for v, _ in VARIANTS[PREP_CASE]],
-                    help=f"{PREP_CASE}: acetune variants to run (default: all, in this order: "
+    ap.add_argument("--variants", nargs="*", choices=sorted({v for vs in VARIANTS.values() for v, _ in vs}),
+                    help=f"acetune variants to run (default: all, in this order: train cases "
+                         f"{', '.join(v for v, _ in VARIANTS[next(iter(TRAIN_CASES))])}; {PREP_CASE} "
                          f"{', '.join(v for v, _ in VARIANTS[PREP_CASE])})")
     ap.add_argument("--worker", nargs=3, metavar=("SIDE", "CASE", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -310,7 +324,7 @@ def main() -> int:
     for case in args.case:
         prepare(case, args.work_dir)
         fork_runs, ours = [], {v: [] for v, _ in VARIANTS.get(case, [("default", "")])
-                               if case != PREP_CASE or not args.variants or v in args.variants}
+                               if case not in VARIANTS or not args.variants or v in args.variants}
         try:
             for _ in range(args.rounds):
                 if not args.acetune_only:

@@ -50,6 +50,17 @@ def test_training_rows_give_time_and_peak_rss_for_both_lyric_paths(vs_fork):
     assert rows[2].endswith("(cached, `--gradient_checkpointing auto --memory_budget_gb 24`) | 8 s | 3 s | **0.38** |")
 
 
+
+def test_compile_variant_reports_its_compile_steps_apart_from_its_step_time(vs_fork):
+    fork = [{"time_s": 8.0, "peak_rss_gb": 8.0}, {"time_s": 10.0, "peak_rss_gb": 8.0}]
+    ours = {"compile": [{"time_s": 4.0, "peak_rss_gb": 5.0, "warmup_s": 120.0},
+                        {"time_s": 4.0, "peak_rss_gb": 5.0, "warmup_s": 80.0}]}
+    rows = vs_fork.format_rows("train-medium-60s", fork, ours)
+    assert rows[0].endswith("--memory_budget_gb 24 --compile`) | 9 s | 4 s | **0.45** |")  # pairs 0.5, 0.4
+    assert rows[-1].endswith("untimed first steps (compilation; not in its step time) | — | 100 s | — |")
+    assert len(rows) == 3  # time, peak RSS, compile steps
+    assert [v for v, _ in vs_fork.VARIANTS["train-medium-60s"]] == ["lyric-each-step", "cached", "budget", "compile"]
+
 def test_budget_variant_runs_the_trainers_plan_for_a_24_gb_gpu(vs_fork, capsys):
     """The tiny model at 10 s fits 24 GB with room to spare: the plan checkpoints no block."""
     import train as train_bench

@@ -29,6 +29,30 @@ def test_adamw_is_the_forks():
     assert ADAMW_BETAS == (0.8, 0.9)
 
 
+
+def test_adamw_multi_tensor_step_equals_the_per_tensor_loop():
+    """build_optimizer's AdamW takes the multi-tensor (foreach) step; after several steps with the LR schedule,
+    weight decay and heavy-tailed gradients its parameters equal those of torch's per-tensor loop bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    start = [torch.randn(64, 48, generator=g) * 0.02, torch.randn(48, 64, generator=g), torch.randn(7, generator=g)]
+    grads = [[torch.randn(t.shape, generator=g) * torch.randn(t.shape, generator=g).exp() ** 3 for t in start]
+             for _ in range(4)]
+    results = []
+    for make in (lambda ps: build_optimizer(ps, "adamw", lr=1e-3),
+                 lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=1e-2, betas=ADAMW_BETAS, foreach=False)):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = make(params)
+        scheduler = build_lr_scheduler(opt, optimizer_name="adamw", max_steps=10)
+        for step_grads in grads:
+            for p, grad in zip(params, step_grads):
+                p.grad = grad.clone()
+            opt.step()
+            scheduler.step()
+        results.append(params)
+    assert results[0][0].ne(start[0]).any()
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
 def test_prodigy_is_the_forks():
     opt = build_optimizer(_params(), "prodigy", lr=1.0, weight_decay=1e-2)
     assert isinstance(opt, Prodigy)

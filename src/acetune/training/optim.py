@@ -73,8 +73,11 @@ def build_optimizer(
 
         return adamw8bit(params, lr=lr, weight_decay=weight_decay, betas=betas or ADAMW_BETAS, eps=eps)
     if name == "adamw":
+        # foreach: the multi-tensor step, bit-identical to the per-tensor loop torch picks on the CPU and ~5x faster
+        # there for a LoRA's ~100-400 small tensors (the default on CUDA already; tests/training/test_optim.py)
         kw = {"eps": eps} if eps is not None else {}
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas or ADAMW_BETAS), **kw)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas or ADAMW_BETAS),
+                                 foreach=True, **kw)
     if name == "prodigy":
         try:
             from prodigyopt import Prodigy
