@@ -52,21 +52,29 @@ def configs() -> dict[str, dict]:
     return {"tiny": tiny_transformer_config(), "medium": medium, "official": {}}
 
 
-def build(name: str, dtype, device="cpu"):
-    """Model with det_init weights, add_* dropped, rsLoRA r64 (fp32 LoRA over `dtype` weights)."""
+def build(name: str, dtype, device="cpu", int8: bool = False):
+    """Model with det_init weights, add_* dropped, rsLoRA r64 (fp32 LoRA over `dtype` weights).
+
+    Parameters are made in `dtype` one tensor at a time (as a load would, never a whole fp32 copy); int8: each
+    block quantized as soon as it is set (`--int8`, as the trainer's block-by-block load does)."""
     import torch
 
     from acetune.models.v1.transformer import build_transformer
     from acetune.parity.det_init import det_init_
     from acetune.training.lora import add_lora
+    from acetune.training.quantize import quantize_block_int8
 
     model = build_transformer(configs()[name])  # meta
     model.drop_unused_projections()
     if device == "cpu":
-        det_init_(model)
-        model.to(dtype)
-    else:
-        model.to(dtype)
+        if int8:
+            for i, block in enumerate(model.transformer_blocks):
+                det_init_(block, dtype=dtype, prefix=f"transformer_blocks.{i}.")
+                quantize_block_int8(block.to(dtype))
+        det_init_(model, dtype=dtype, skip=("transformer_blocks.",) if int8 else ())
+    for child_name, child in model.named_children():  # buffers too; quantized blocks keep their own dtypes
+        if not (int8 and child_name == "transformer_blocks"):
+            child.to(dtype)
     model.enable_gradient_checkpointing()
     setup = add_lora(model, LORA, lora_dtype=torch.float32)
     return model.train(), setup
@@ -97,7 +105,7 @@ def _rss_gb() -> float:
 
 
 def step_runner(name: str, dtype_name: str, length: str, cached_lyrics: bool = True, inside: bool = False,
-                ssl: bool = True, budget_gb: float = 0.0, compile: bool = False):
+                ssl: bool = True, budget_gb: float = 0.0, compile: bool = False, int8: bool = False):
     """(model, one_step, close) for a case: one_step() runs one whole training step as `training.loop.fit` does
     (batch, forward under autocast, backward, LoRA gradients widened from bf16, clip, AdamW, LR scheduler) and
     returns its seconds; close() ends the step's context (peft's input cast, the bf16 gradient hooks).
@@ -119,7 +127,7 @@ def step_runner(name: str, dtype_name: str, length: str, cached_lyrics: bool = T
     from acetune.training.optim import build_lr_scheduler, build_optimizer
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    model, setup = build(name, dtype)
+    model, setup = build(name, dtype, int8=int8)
     s = sample(model.config, length)
     cache = LyricCache() if cached_lyrics else None
     if cache is not None:
@@ -180,10 +188,10 @@ def plan_for_budget(model, setup, budget_gb: float, seconds: float, ssl: bool) -
 
 def measure(name: str, dtype_name: str, length: str, repeats: int = 5, warmup: int = 2,
             cached_lyrics: bool = True, inside: bool = False, ssl: bool = True, budget_gb: float = 0.0,
-            compile: bool = False) -> dict:
+            compile: bool = False, int8: bool = False) -> dict:
     """Median seconds per step, peak RSS (GiB), the peak's growth over the RSS before the first step (GB), and
     the warm-up steps' seconds (`warmup_s`: with `compile`, the compilation is there, not in `time_s`)."""
-    _, one_step, close = step_runner(name, dtype_name, length, cached_lyrics, inside, ssl, budget_gb, compile)
+    _, one_step, close = step_runner(name, dtype_name, length, cached_lyrics, inside, ssl, budget_gb, compile, int8)
     before = _rss_gb()
     times = [one_step() for _ in range(warmup + repeats)]
     close()

@@ -18,12 +18,14 @@ downloads):
       fork: `trainer_new.Pipeline.training_step` (its noise, timestep, loss and logging code) under
       `torch.autocast("cpu", bfloat16)` (Lightning's bf16-mixed) on the whole model cast to bf16, with
       the optimizer and scheduler of its `configure_optimizers`; the lyric encoder runs in every step.
-      acetune: `benchmarks/train.py::measure` (the trainer's step) four times (`--variants` picks): "lyric
+      acetune: `benchmarks/train.py::measure` (the trainer's step) five times (`--variants` picks): "lyric
       encoder each step" (the fork's work), "cached lyric path" (acetune's default: encoder output computed
       once), "budget": the cached path with `--gradient_checkpointing auto --memory_budget_gb 24`: the
       blocks the trainer's own plan checkpoints for a 24 GB GPU at this length (none here; the plan is
       printed to stderr), and "compile": budget plus `--compile` (the blocks torch.compile'd); its 3
-      untimed first steps hold the compilation and are reported on a row of their own.
+      untimed first steps hold the compilation and are reported on a row of their own; "int8": the cached
+      path with `--int8` (each block's linears int8 as it is made, as the trainer's load does; every
+      block checkpointed, as the fork): the memory lever.
   dcae-encode-official-30s
       30 s of 48 kHz stereo -> latents with the official-size DCAE in bf16: resample to 44.1 kHz,
       log-mel, normalise, DCAE encoder, scale. fork: `MusicDCAE.encode`; acetune: `MusicDCAE.encode`.
@@ -112,7 +114,8 @@ BIG = {"train-official-10s", PREP_CASE}  # > 4 GB (~8 GB, ~4.3 GB): run under th
 GPU_BUDGET_GB = 24  # the "budget" variant: checkpoint only what a 24 GB GPU needs (none at these lengths)
 VARIANTS = {case: [("lyric-each-step", "lyric encoder each step"), ("cached", "cached lyric path"),
                    ("budget", f"cached, `--gradient_checkpointing auto --memory_budget_gb {GPU_BUDGET_GB}`"),
-                   ("compile", f"cached, `--gradient_checkpointing auto --memory_budget_gb {GPU_BUDGET_GB} --compile`")]
+                   ("compile", f"cached, `--gradient_checkpointing auto --memory_budget_gb {GPU_BUDGET_GB} --compile`"),
+                   ("int8", "cached, `--int8` (int8 base weights), every block checkpointed")]
             for case in TRAIN_CASES}
 COMPILE_WARMUP = 1  # the compile variant's extra untimed step: it compiles at its first step, again at its second
 # (the shapes become dynamic); its warm-up seconds (compilation included) get their own row
@@ -180,7 +183,7 @@ def acetune_side(case: str, variant: str, work_dir: Path, warmup: int, repeats: 
                                 warmup=warmup + (COMPILE_WARMUP if compiled else 0),
                                 cached_lyrics=variant != "lyric-each-step",
                                 budget_gb=GPU_BUDGET_GB if variant in ("budget", "compile") else 0.0,
-                                compile=compiled)
+                                compile=compiled, int8=variant == "int8")
         return {"time_s": r["time_s"], "peak_rss_gb": r["peak_rss_gb"], "warmup_s": sum(r["warmup_s"])}
     from acetune.models.v1.dcae import MusicDCAE
 

@@ -45,17 +45,21 @@ def det_value(key: str, shape: Iterable[int], dtype: torch.dtype = torch.float32
 
 
 @torch.no_grad()
-def det_init_(model: torch.nn.Module) -> int:
+def det_init_(model: torch.nn.Module, dtype: torch.dtype | None = None, prefix: str = "",
+              skip: tuple[str, ...] = ()) -> int:
     """Overwrite every floating-point parameter of `model` in place; returns how many were set.
 
     Works on models built on the meta device too: such parameters are replaced by real CPU tensors.
+    dtype: the parameters' new dtype (default: their own), so a meta model is materialised in bf16
+    tensor by tensor, never as a whole fp32 copy. prefix: what `model`'s keys start with inside the
+    whole model (to set one block as the whole model would). skip: key prefixes left untouched.
     """
     count = 0
     for name, param in list(model.named_parameters()):
-        if not param.is_floating_point():
+        if not param.is_floating_point() or name.startswith(skip):
             continue
-        value = det_value(name, param.shape, param.dtype)
-        if param.is_meta:
+        value = det_value(prefix + name, param.shape, dtype or param.dtype)
+        if param.is_meta or value.dtype != param.dtype:
             owner_name, _, leaf = name.rpartition(".")
             owner = model.get_submodule(owner_name) if owner_name else model
             setattr(owner, leaf, torch.nn.Parameter(value, requires_grad=param.requires_grad))
