@@ -59,7 +59,29 @@ def test_compile_variant_reports_its_compile_steps_apart_from_its_step_time(vs_f
     assert rows[0].endswith("--memory_budget_gb 24 --compile`) | 9 s | 4 s | **0.45** |")  # pairs 0.5, 0.4
     assert rows[-1].endswith("untimed first steps (compilation; not in its step time) | — | 100 s | — |")
     assert len(rows) == 3  # time, peak RSS, compile steps
-    assert [v for v, _ in vs_fork.VARIANTS["train-medium-60s"]] == ["lyric-each-step", "cached", "budget", "compile"]
+    assert [v for v, _ in vs_fork.VARIANTS["train-medium-60s"]] == ["lyric-each-step", "cached", "budget", "compile",
+                                                                   "int8"]
+
+
+def test_int8_variant_quantizes_every_block_and_keeps_the_other_weights(vs_fork):
+    """As `--int8` loads: each block's linears int8 (quanto), every other weight the det_init value in bf16,
+    and the step runs."""
+    import torch
+    import train as train_bench
+
+    plain, _ = train_bench.build("tiny", torch.bfloat16)
+    quantized, setup = train_bench.build("tiny", torch.bfloat16, int8=True)
+    for block in quantized.transformer_blocks:
+        assert any(type(m).__name__ == "QLinear" for m in block.modules())
+        assert all("lora_" in n for n, m in block.named_modules() if type(m) is torch.nn.Linear)  # only LoRA factors
+    weights = dict(plain.named_parameters())
+    int8_layers = tuple(f"{n}." for n, m in quantized.named_modules() if type(m).__name__ == "QLinear")
+    kept = [(n, p) for n, p in quantized.named_parameters()
+            if n in weights and "lora_" not in n and not n.startswith(int8_layers)]
+    assert len(kept) > 20 and all(torch.equal(p, weights[n]) for n, p in kept)
+    assert all(p.dtype == torch.bfloat16 for n, p in kept)
+    r = train_bench.measure("tiny", "bf16", "10s", repeats=1, warmup=0, int8=True)
+    assert r["time_s"] > 0 and r["peak_rss_gb"] > 0
 
 def test_budget_variant_runs_the_trainers_plan_for_a_24_gb_gpu(vs_fork, capsys):
     """The tiny model at 10 s fits 24 GB with room to spare: the plan checkpoints no block."""
