@@ -102,13 +102,9 @@ def ssl_features_pooled(model: torch.nn.Module, inputs: Sequence[tuple[torch.Ten
     return [torch.cat(p, dim=0) if p else torch.zeros(0, 0) for p in pieces]
 
 
-def compile_encoders(enc, backend: str = "inductor") -> list[str]:
-    """`torch.compile` the heavy modules of `enc` in place; returns their names.
-
-    v1: DCAE encoder, UMT5, SSL models; 1.5: the VAE encoder and the text encoder. `Module.compile`
-    keeps the module objects and state-dict names. Compiling is lazy (the first song of each shape
-    pays it), `dynamic=True` as song lengths vary; results equal eager up to float rounding.
-    """
+def heavy_encoders(enc) -> dict[str, torch.nn.Module]:
+    """{name: module} of the heavy encoders in `enc` that are loaded: v1: DCAE encoder, UMT5, SSL models;
+    1.5: the VAE encoder and the text encoder (the modules `--compile` and `--pack_weights` act on)."""
     pipe = getattr(enc, "pipe", None)  # 1.5: an AceStepPipeline without its DiT
     candidates = {
         "dcae.encoder": getattr(getattr(getattr(enc, "codec", None), "dcae", None), "encoder", None),
@@ -117,9 +113,16 @@ def compile_encoders(enc, backend: str = "inductor") -> list[str]:
         "text_encoder": getattr(pipe, "text_encoder", None),
         **{f"ssl.{name}": model for name, model in getattr(enc, "ssl_models", {}).items()},
     }
-    compiled = []
-    for name, module in candidates.items():
-        if isinstance(module, torch.nn.Module):
-            module.compile(backend=backend, dynamic=True)
-            compiled.append(name)
-    return compiled
+    return {name: module for name, module in candidates.items() if isinstance(module, torch.nn.Module)}
+
+
+def compile_encoders(enc, backend: str = "inductor") -> list[str]:
+    """`torch.compile` the heavy modules of `enc` (`heavy_encoders`) in place; returns their names.
+
+    `Module.compile` keeps the module objects and state-dict names. Compiling is lazy (the first song of
+    each shape pays it), `dynamic=True` as song lengths vary; results equal eager up to float rounding.
+    """
+    modules = heavy_encoders(enc)
+    for module in modules.values():
+        module.compile(backend=backend, dynamic=True)
+    return list(modules)

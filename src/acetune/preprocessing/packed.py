@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from acetune.preprocessing.batching import heavy_encoders
+
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
     """True where `pack_linears` gives bit-identical outputs: bf16 on a CPU whose oneDNN does bf16."""
@@ -65,20 +67,7 @@ def pack_linears(model: nn.Module) -> int:
 
 
 def pack_encoders(enc) -> dict[str, int]:
-    """`pack_linears` on the encoders preprocess runs (v1: DCAE encoder, UMT5, SSL models; 1.5: VAE encoder,
-    text encoder); returns {name: linears packed} for the modules that had any."""
-    pipe = getattr(enc, "pipe", None)  # 1.5: an AceStepPipeline without its DiT
-    candidates = {
-        "codec": getattr(enc, "codec", None),
-        "text": getattr(getattr(enc, "text", None), "model", None),
-        "vae.encoder": getattr(getattr(pipe, "vae", None), "encoder", None),
-        "text_encoder": getattr(pipe, "text_encoder", None),
-        **{f"ssl.{name}": model for name, model in getattr(enc, "ssl_models", {}).items()},
-    }
-    packed = {}
-    for name, module in candidates.items():
-        if isinstance(module, nn.Module):
-            count = pack_linears(module)
-            if count:
-                packed[name] = count
-    return packed
+    """`pack_linears` on the encoders preprocess runs (`batching.heavy_encoders`); returns {name: linears
+    packed} for the modules that had any."""
+    counts = {name: pack_linears(module) for name, module in heavy_encoders(enc).items()}
+    return {name: count for name, count in counts.items() if count}
