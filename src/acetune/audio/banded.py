@@ -37,25 +37,22 @@ def _column_runs(weight: torch.Tensor) -> tuple[list[int], list[int]]:
 def _best_groups(first: list[int], last: list[int], group_cost: int) -> list[tuple[int, int, int, int]]:
     """Split columns 0..N into consecutive groups (a, b, lo, hi) of least total (hi − lo)·(b − a) + cost.
 
-    Dynamic programming over the split points (N is at most a few hundred).
+    Dynamic programming over the split points (N is at most a few hundred); an empty group has lo = hi = 0.
     """
     n = len(first)
     best = [0.0] + [float("inf")] * n  # best[b]: least cost of columns 0..b
-    choice = [0] * (n + 1)
+    choice = [(0, 0, 0)] * (n + 1)  # choice[b]: (a, lo, hi) of the last group in that split
     for b in range(1, n + 1):
-        lo, hi = first[b - 1], last[b - 1]
+        lo, hi = float("inf"), -1  # the union of the non-empty runs of columns a..b-1 (none yet)
         for a in range(b - 1, -1, -1):  # grow the last group leftwards
             if last[a] > first[a]:
-                lo, hi = (min(lo, first[a]), max(hi, last[a])) if hi > lo else (first[a], last[a])
+                lo, hi = min(lo, first[a]), max(hi, last[a])
             cost = best[a] + max(hi - lo, 0) * (b - a) + group_cost
             if cost < best[b]:
-                best[b], choice[b] = cost, a
+                best[b], choice[b] = cost, (a, lo, hi) if hi > lo else (a, 0, 0)
     groups, b = [], n
     while b > 0:
-        a = choice[b]
-        runs = [(first[c], last[c]) for c in range(a, b) if last[c] > first[c]]
-        lo = min((r[0] for r in runs), default=0)
-        hi = max((r[1] for r in runs), default=0)
+        a, lo, hi = choice[b]
         groups.append((a, b, lo, hi))
         b = a
     return groups[::-1]
